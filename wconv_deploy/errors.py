@@ -1,0 +1,30 @@
+"""The errors wconv-deploy raises on purpose, each with the exit status the CLI gives it.
+
+``InputError`` (exit 2): the input is missing, malformed, unsafe or inconsistent.
+``MismatchError`` (exit 1): two computations that must agree do not; carries a readable report.
+Anything else escaping the library is a bug.
+"""
+
+from __future__ import annotations
+
+
+class WconvError(Exception):
+    """Base of the errors the CLI turns into a one-line message and an exit status."""
+
+    exit_code = 2
+
+
+class InputError(WconvError):
+    """Bad input: a file, option or model the tool cannot use as given."""
+
+    exit_code = 2
+
+
+class MismatchError(WconvError):
+    """Numbers that must agree do not. ``report`` is printable detail (a table)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: str = "") -> None:
+        super().__init__(message)
+        self.report = report
