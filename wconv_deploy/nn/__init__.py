@@ -23,7 +23,7 @@ The reference names are importable from :mod:`wconv_deploy.nn.wConv` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,6 @@ __all__ = [
 
 #: The reference's initial trainable density (outermost first); it fits a 7-tap kernel.
 REFERENCE_TRAINABLE_DEN = (0.27, 0.17, 0.54)
-
-_CONV: dict[int, Callable[..., Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 IntOrTuple = int | Sequence[int]
 
@@ -92,6 +90,7 @@ class WeightedConvNd(nn.Module):
 
     dims: ClassVar[int]
     trainable: ClassVar[bool]
+    __constants__ = ["dims"]  # lets torch.jit.script read the class attribute
 
     def __init__(
         self,
@@ -146,16 +145,21 @@ class WeightedConvNd(nn.Module):
     def folded_weight(self) -> Tensor:
         """``weight * Phi``: the weight of the ordinary convolution this layer equals."""
         phi = self.phi()
-        if tuple(phi.shape) != tuple(self.kernel_size):
+        if phi.shape != self.weight.shape[2:]:  # weight.shape[2:] is kernel_size
             raise ValueError(
-                f"density of length {(phi.shape[0] - 1) // 2} gives a {tuple(phi.shape)} mask, "
-                f"but kernel_size is {tuple(self.kernel_size)}"
+                f"density of length {(phi.shape[0] - 1) // 2} gives a {list(phi.shape)} mask, "
+                f"but kernel_size is {self.kernel_size}"
             )
         return self.weight * phi
 
     def forward(self, x: Tensor) -> Tensor:
-        conv = _CONV[self.dims]
-        return conv(x, self.folded_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        # One call per dimensionality (not a lookup table) so that torch.jit.script compiles it.
+        weight = self.folded_weight()
+        if self.dims == 1:
+            return F.conv1d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.dims == 2:
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv3d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         den = ", ".join(f"{v:.4g}" for v in self.density())
