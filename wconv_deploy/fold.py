@@ -66,7 +66,11 @@ class WeightedLayer:
 
 
 def _tensors(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    return dict(module.named_parameters(recurse=False)), dict(module.named_buffers(recurse=False))
+    # remove_duplicate=False: a 1-D reference layer may register one tensor as both alfa and Phi
+    return (
+        dict(module.named_parameters(recurse=False, remove_duplicate=False)),
+        dict(module.named_buffers(recurse=False, remove_duplicate=False)),
+    )
 
 
 def _phi_of(module: nn.Module, dims: int) -> Tensor:
@@ -282,7 +286,9 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _fold_weighted(model: nn.Module, report: FoldReport, gen: torch.Generator) -> None:
+def _fold_weighted(model: nn.Module, report: FoldReport, gen: torch.Generator) -> nn.Module:
+    """Replace the weighted layers of ``model`` in place; returns the model (the new conv if the
+    model itself is a weighted layer)."""
     for layer in find_weighted(model):
         if layer.problem is not None:
             report.not_folded.append(layer)
@@ -300,9 +306,15 @@ def _fold_weighted(model: nn.Module, report: FoldReport, gen: torch.Generator) -
         tol = LAYER_TOL.get(conv.weight.dtype, 1e-6)
         if not err <= tol:
             raise MismatchError(f"folding {layer.name} changed its output: rel error {err:.2e} > {tol:.0e}")
-        _set_submodule(model, layer.name, conv)
+        if not layer.name:  # the model itself is the weighted layer
+            model = conv
+        else:  # every place the module sits (named_modules lists a shared module once)
+            for alias, m in list(model.named_modules(remove_duplicate=False)):
+                if m is module:
+                    _set_submodule(model, alias, conv)
         report.folded.append(layer)
         report.layer_errors[layer.name] = err
+    return model
 
 
 # --------------------------------------------------------------------------- Conv + BatchNorm
@@ -372,7 +384,7 @@ def _fold_batchnorm(model: nn.Module, report: FoldReport, gen: torch.Generator) 
         if not err <= tol:
             raise MismatchError(f"fusing {conv_name}+{bn_name} changed its output: rel error {err:.2e} > {tol:.0e}")
         _set_submodule(model, conv_name, fused)
-        _set_submodule(model, bn_name, nn.Identity())
+        _set_submodule(model, bn_name, nn.Identity().train(bn.training))  # keep the mode
         report.fused_bn.append(FusedBatchNorm(conv_name, bn_name, err))
 
 
@@ -408,7 +420,7 @@ def _check_model(original: nn.Module, folded: nn.Module, inputs: Sequence[Tensor
     if isinstance(probe, str):
         return ModelCheck([], None, skipped=probe)
     shapes = [list(t.shape) for t in probe]
-    modes = original.training, folded.training
+    modes = [(m, m.training) for net in (original, folded) for m in net.modules()]
     original.eval(), folded.eval()  # batch statistics and dropout would make the runs differ
     try:
         with torch.no_grad():
@@ -420,7 +432,8 @@ def _check_model(original: nn.Module, folded: nn.Module, inputs: Sequence[Tensor
                 return ModelCheck(shapes, None, skipped=f"a guessed input {shapes} does not fit the model ({type(e).__name__}); pass example_inputs")
             actual = _outputs(folded(*probe))
     finally:
-        original.train(modes[0]), folded.train(modes[1])
+        for m, mode in modes:  # per module: a model may mix train and eval submodules
+            m.training = mode
     err = max((relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
     if len(actual) != len(expected) or not err <= tol:
         raise MismatchError(f"the folded model's output differs from the original's: rel error {err:.2e} > {tol:.0e} on inputs {shapes}")
@@ -458,7 +471,7 @@ def fold(
             raise InputError(f"{layer.name}: {layer.problem}")
     gen = torch.Generator().manual_seed(seed)
     folded = copy.deepcopy(model)
-    _fold_weighted(folded, report, gen)
+    folded = _fold_weighted(folded, report, gen)
     if fold_bn:
         _fold_batchnorm(folded, report, gen)
     dtype = next((p.dtype for p in folded.parameters()), torch.float32)
