@@ -18,6 +18,7 @@ unknown globals become inert placeholders and only the weights are taken from th
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import hashlib
 import importlib
@@ -26,11 +27,12 @@ import os
 import pickle
 import sys
 import types
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -48,6 +50,9 @@ CHECKPOINT_KEYS = ("ema", "model_ema", "state_dict_ema", "model", "state_dict", 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _REFERENCE_CLASS_NAMES = {"wConv1d": 1, "wConv2d": 2, "wConv3d": 3}
+
+#: Modules whose globals in a pickle mean an attack, not a model: refused even with ``arch``.
+_HOSTILE_MODULES = ("os", "posix", "nt", "sys", "subprocess", "builtins")
 
 
 @dataclass
@@ -123,6 +128,17 @@ class _Placeholder(nn.Module):
 def _placeholder(full_name: str) -> type[nn.Module]:
     module, _, name = full_name.rpartition(".")
     return type(name, (_Placeholder,), {"__module__": module})
+
+
+def _python_name(full_name: str) -> str:
+    """The global an ordinary unpickler would import for a name a protocol-2 pickle wrote in its
+    Python 2 spelling (``commands.Popen`` is ``subprocess.Popen``)."""
+    module, _, name = full_name.rpartition(".")
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
 def _is_reference_name(full_name: str) -> bool:
@@ -243,11 +259,13 @@ def _torch_load_safe(path: Path, kind: str, arch_given: bool, notes: list[str]) 
         allow.append((_reference_mapper(_REFERENCE_CLASS_NAMES[name.rpartition(".")[2]]), name))
         if name in unknown:
             notes.append(f"mapped reference class {name} onto wconv_deploy.nn")
+    if kind == "legacy":
+        return _torch_load_legacy(path, allow, arch_given, notes)
     others = [n for n in unknown if not _is_reference_name(n)]
     if others:
         if not arch_given:
-            raise InputError(_unsafe_globals_message(path, others))
-        blocked = [n for n in others if n.split(".", 1)[0] in ("os", "posix", "nt", "sys", "subprocess", "builtins")]
+            raise InputError(_unsafe_globals_message(path, [_python_name(n) for n in others]))
+        blocked = [_python_name(n) for n in others if _python_name(n).split(".", 1)[0] in _HOSTILE_MODULES]
         if blocked:
             raise InputError(f"{path} calls {', '.join(blocked)} while unpickling; refusing it (looks hostile)")
         allow += [(_placeholder(n), n) for n in others]
@@ -264,6 +282,106 @@ def _torch_load_safe(path: Path, kind: str, arch_given: bool, notes: list[str]) 
             raise InputError(f"{path} cannot be read safely: {_first_line(e)}") from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise InputError(f"{path} is truncated or corrupt: {_first_line(e)}") from None
+
+
+class _LegacyUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Pre-1.6 ``torch.save`` files hold a ``("module", cls, ...)`` persistent id per nn.Module,
+    which torch's weights-only unpickler rejects. This pure-Python unpickler is as strict: globals
+    only through :meth:`resolve`, calls and constructions only of allowlisted globals, BUILD only
+    on instances of allowlisted types; the other object-creating opcodes are refused."""
+
+    resolve: Callable[[str], Any]  # set per load
+    allowed_ids: set[int]
+    stack: list[Any]  # pickle._Unpickler's own state, which typeshed does not describe
+    proto: int
+    fix_imports: bool
+    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def find_class(self, module: str, name: str) -> Any:
+        full = f"{module}.{name}"
+        # Protocol 2 writes Python 2 names (__builtin__.set); resolve them as pickle would.
+        return self.resolve(_python_name(full) if self.proto < 3 and self.fix_imports else full)
+
+    def _require_allowed(self, obj: Any, what: str) -> None:
+        if id(obj) not in self.allowed_ids:
+            raise pickle.UnpicklingError(f"{what} {type(obj).__name__} is not allowed")
+
+    def _load_reduce(self) -> None:
+        self._require_allowed(self.stack[-2], "calling")
+        pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]
+
+    def _load_newobj(self) -> None:
+        self._require_allowed(self.stack[-2], "constructing")
+        pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
+
+    def _load_newobj_ex(self) -> None:
+        self._require_allowed(self.stack[-3], "constructing")
+        pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
+
+    def _load_build(self) -> None:
+        self._require_allowed(type(self.stack[-2]), "building")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+    def _refuse(self) -> None:
+        raise pickle.UnpicklingError("the INST/OBJ opcodes are not allowed")
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.INST[0]] = dispatch[pickle.OBJ[0]] = _refuse
+
+
+def _torch_load_legacy(path: Path, allow: list[Any], arch_given: bool, notes: list[str]) -> Any:
+    """Read a legacy file with :class:`_LegacyUnpickler`; every pickle in it goes through that."""
+    allowed: dict[str, Any] = dict(torch._weights_only_unpickler._get_allowed_globals())
+    for entry in allow:
+        obj, name = entry if isinstance(entry, tuple) else (entry, f"{entry.__module__}.{entry.__qualname__}")
+        allowed[name] = obj
+    allowed_ids = {id(v) for v in allowed.values()}
+    placeholders: list[str] = []
+    mapped: set[str] = set()
+
+    def resolve(full: str) -> Any:
+        module, _, name = full.rpartition(".")
+        if full not in allowed:
+            if _is_reference_name(full):
+                allowed[full] = _reference_mapper(_REFERENCE_CLASS_NAMES[name])
+            elif not arch_given:
+                raise InputError(_unsafe_globals_message(path, [full]))
+            elif module.split(".", 1)[0] in _HOSTILE_MODULES:
+                raise InputError(f"{path} calls {full} while unpickling; refusing it (looks hostile)")
+            else:
+                allowed[full] = _placeholder(full)
+                placeholders.append(full)
+            allowed_ids.add(id(allowed[full]))
+        if _is_reference_name(full) and full not in mapped:
+            mapped.add(full)
+            notes.append(f"mapped reference class {full} onto wconv_deploy.nn")
+        return allowed[full]
+
+    class Unpickler(_LegacyUnpickler):
+        pass
+
+    Unpickler.resolve = staticmethod(resolve)  # type: ignore[assignment]
+    Unpickler.allowed_ids = allowed_ids
+
+    def load(f: Any, **kwargs: Any) -> Any:
+        return Unpickler(f, **kwargs).load()
+
+    module = types.SimpleNamespace(Unpickler=Unpickler, load=load, __name__="pickle")
+    try:
+        with warnings.catch_warnings():  # legacy files carry class sources; ours differ from the reference's
+            warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
+    except InputError:
+        raise
+    except Exception as e:  # only allowlisted code ran: any other failure is a damaged file
+        raise InputError(f"{path} is truncated or corrupt: {_first_line(e)}") from None
+    if placeholders:
+        notes.append(f"read weights only; replaced by placeholders: {', '.join(sorted(placeholders))}")
+    return obj
 
 
 class _TrustedUnpickler(pickle.Unpickler):
