@@ -19,11 +19,12 @@ $(VENV)/.stamp: pyproject.toml Makefile
 demo: $(VENV)/.stamp
 	$(VENV)/bin/wconv-deploy demo
 
-test: $(VENV)/.stamp
+test: lint typecheck
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check wconv_deploy tests benchmarks
+	$(VENV)/bin/ruff format --check wconv_deploy tests benchmarks
 
 typecheck: $(VENV)/.stamp
 	$(VENV)/bin/mypy wconv_deploy

@@ -15,7 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-_COMMON = '''
+_COMMON = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,9 +43,11 @@ def _init(self, dims, in_channels, out_channels, kernel_size, stride, padding, g
     self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
     nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
     self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-'''
+"""
 
-FIXED_SOURCE = _COMMON + '''
+FIXED_SOURCE = (
+    _COMMON
+    + """
 
 class _Fixed(nn.Module):
     dims = 0
@@ -74,9 +76,12 @@ class wConv2d(_Fixed):
 
 class wConv3d(_Fixed):
     dims = 3
-'''
+"""
+)
 
-TRAINABLE_SOURCE = _COMMON + '''
+TRAINABLE_SOURCE = (
+    _COMMON
+    + """
 
 class _Trainable(nn.Module):
     dims = 0
@@ -104,7 +109,8 @@ class wConv2d(_Trainable):
 
 class wConv3d(_Trainable):
     dims = 3
-'''
+"""
+)
 
 
 def install(folder: Path) -> Path:

@@ -9,18 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import refstyle
 import torch
 from torch import nn
 
-import refstyle
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
 
 CLI = [sys.executable, "-m", "wconv_deploy"]
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    return subprocess.run(
+        [*CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
@@ -35,8 +41,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
 
 def _small_model() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(WeightedConv2d(3, 4, 3, [0.7]), nn.BatchNorm2d(4), nn.ReLU(),
-                         TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2)).eval()
+    return nn.Sequential(
+        WeightedConv2d(3, 4, 3, [0.7]), nn.BatchNorm2d(4), nn.ReLU(), TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2)
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +65,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         inf_model[0].weight[1, 1, 1, 1] = float("inf")
     torch.save(inf_model, d / "inf.pt")
     # A reference-style trainable 3x3 layer keeps the reference's length-3 den: it cannot fit.
-    refstyle.run_with_reference(d / "ref", """
+    refstyle.run_with_reference(
+        d / "ref",
+        """
         import torch, torch.nn as nn, wConv_Trainable
         torch.save(nn.Sequential(wConv_Trainable.wConv2d(3, 4, 3)), "../badden.pt")
-    """)
+    """,
+    )
     return {p.stem: p for p in d.iterdir() if p.is_file()}
 
 
@@ -114,7 +124,9 @@ def test_state_dict_with_arch(files: dict[str, Path], tmp_path: Path) -> None:
         ("inf", [], ["0.weight", "Inf"]),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(files: dict[str, Path], tmp_path: Path, name: str, extra: list[str], needles: list[str]) -> None:
+def test_bad_input_is_one_line_and_exit_2(
+    files: dict[str, Path], tmp_path: Path, name: str, extra: list[str], needles: list[str]
+) -> None:
     path = files.get(name, tmp_path / "does-not-exist.pt")
     assert_one_line_error(run_cli("inspect", path, *extra), 2, *needles)
 

@@ -435,9 +435,13 @@ def test_broken_look_alike_raises_mismatch() -> None:
 def test_fold_bn_in_sequential() -> None:
     torch.manual_seed(4)
     model = nn.Sequential(
-        FIXED[2](3, 4, 3, [0.6]), nn.BatchNorm2d(4), nn.ReLU(),
-        TRAINABLE[2](4, 4, 5, den=[0.2, 0.8], padding=2, bias=True), nn.BatchNorm2d(4),
-        nn.Conv2d(4, 2, 1), nn.BatchNorm2d(2, affine=False),
+        FIXED[2](3, 4, 3, [0.6]),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        TRAINABLE[2](4, 4, 5, den=[0.2, 0.8], padding=2, bias=True),
+        nn.BatchNorm2d(4),
+        nn.Conv2d(4, 2, 1),
+        nn.BatchNorm2d(2, affine=False),
     )
     for i, m in enumerate(model):
         if isinstance(m, nn.BatchNorm2d) and m.affine:

@@ -40,7 +40,15 @@ REPO = Path(__file__).parents[1]
 TEMP_MODULES = ("mymodels", "archmod", "flagmod", "raises_on_import")
 
 REFERENCE_CASES = [
-    "fixed1d", "fixed2d", "fixed3d", "trainable1d", "trainable2d", "trainable3d", "mixed", "mypkg", "fixed2d.legacy",
+    "fixed1d",
+    "fixed2d",
+    "fixed3d",
+    "trainable1d",
+    "trainable2d",
+    "trainable3d",
+    "mixed",
+    "mypkg",
+    "fixed2d.legacy",
 ]
 
 
@@ -81,8 +89,12 @@ def randomize_bn(bn: nn.Module) -> None:
 
 def our_model(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
-    model = nn.Sequential(WeightedConv2d(3, 4, 3, [0.7]), nn.BatchNorm2d(4), nn.ReLU(),
-                          TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2, bias=True))
+    model = nn.Sequential(
+        WeightedConv2d(3, 4, 3, [0.7]),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2, bias=True),
+    )
     randomize_bn(model[1])
     return model.eval()
 
@@ -110,7 +122,7 @@ def weighted_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, WeightedConvNd)]
 
 
-ARCHMOD = '''
+ARCHMOD = """
 import torch.nn as nn
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
 
@@ -141,9 +153,9 @@ def not_a_module():
 
 def broken():
     raise RuntimeError("boom in the builder")
-'''
+"""
 
-MYMODELS = '''
+MYMODELS = """
 import torch
 import torch.nn as nn
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
@@ -162,9 +174,9 @@ class Net(nn.Module):
 
 def build():
     return Net()
-'''
+"""
 
-FLAGMOD = '''
+FLAGMOD = """
 from pathlib import Path
 
 
@@ -179,7 +191,7 @@ class Flag:
 
     def __reduce__(self):
         return (raise_flag, (self.path,))
-'''
+"""
 
 
 @pytest.fixture
@@ -193,7 +205,7 @@ def archdir(tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- reference-style pickles
 
-REFERENCE_SCRIPT = '''
+REFERENCE_SCRIPT = """
 import json, os, shutil
 import torch, torch.nn as nn
 import wConv, wConv_Trainable
@@ -275,10 +287,10 @@ class Net(nn.Module):  # pickled as __main__.Net
 save("main_net", Net(), torch.randn(2, 3, 8, 8))
 with open(f"{OUT}/manifest.json", "w") as f:
     json.dump(manifest, f)
-'''
+"""
 
 # Builds, from wconv_deploy.nn classes, the architecture of the reference scripts' __main__.Net.
-MAIN_NET_ARCH = '''
+MAIN_NET_ARCH = """
 import torch
 import torch.nn as nn
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
@@ -297,7 +309,7 @@ class Net(nn.Module):
 
 def build():
     return Net()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +350,7 @@ def test_reference_pickle_maps_onto_our_layers_in_process(ref_files: SimpleNames
         assert mod not in sys.modules, f"loading imported {mod}"
 
 
-FRESH_CHECK = '''
+FRESH_CHECK = """
 import importlib.util, json, sys
 import torch
 from wconv_deploy import load_model
@@ -364,14 +376,20 @@ for name in names:
     }
 report["__imported__"] = sorted(m for m in sys.modules if m.split(".")[0] in ("wConv", "wConv_Trainable", "mypkg"))
 print(json.dumps(report))
-'''
+"""
 
 
 def test_reference_pickles_load_in_fresh_process_without_reference_code(ref_files: SimpleNamespace, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run([sys.executable, "-c", FRESH_CHECK, str(ref_files.dir), *REFERENCE_CASES],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_CHECK, str(ref_files.dir), *REFERENCE_CASES],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report.pop("__imported__") == []
@@ -404,8 +422,12 @@ def test_reference_user_class_refused_then_loaded_with_arch(ref_files: SimpleNam
 
 def test_reference_state_dict_loads_into_our_classes(ref_files: SimpleNamespace) -> None:
     def build() -> nn.Module:
-        return nn.Sequential(WeightedConv2d(3, 6, 3, [0.5], stride=2), nn.BatchNorm2d(6), nn.ReLU(),
-                             WeightedConv2d(6, 4, 5, [0.5, 0.5], padding=4, dilation=2, groups=2, bias=True))
+        return nn.Sequential(
+            WeightedConv2d(3, 6, 3, [0.5], stride=2),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            WeightedConv2d(6, 4, 5, [0.5, 0.5], padding=4, dilation=2, groups=2, bias=True),
+        )
 
     path = ref_files.dir / "fixed2d.sd.pt"
     assert_input_error("state_dict", "--arch", source=path)
@@ -478,8 +500,7 @@ def test_raw_hostile_pickle_is_refused(tmp_path: Path) -> None:
 
 # GLOBAL collections.Counter (on torch's default allowlist), state (None, {"wconv_gadget": OrderedDict}),
 # BUILD: an ordinary unpickler would setattr on the class itself, patching it for the whole process.
-_BUILD_ON_CLASS = (b"\x80\x02ccollections\nCounter\nN}X\x0c\x00\x00\x00wconv_gadget"
-                   b"ccollections\nOrderedDict\ns\x86b.")
+_BUILD_ON_CLASS = b"\x80\x02ccollections\nCounter\nN}X\x0c\x00\x00\x00wconv_gadgetccollections\nOrderedDict\ns\x86b."
 
 
 @pytest.mark.parametrize("arch", [None, "os:getcwd"])
@@ -500,8 +521,14 @@ def test_legacy_reader_refuses_build_on_a_class(tmp_path: Path, arch: str | None
 def test_every_offending_global_is_listed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"a": hostile_payload("os.system", marker)[0], "b": hostile_payload("builtins.exec", marker)[0],
-                "model": our_model().state_dict()}, path)
+    torch.save(
+        {
+            "a": hostile_payload("os.system", marker)[0],
+            "b": hostile_payload("builtins.exec", marker)[0],
+            "model": our_model().state_dict(),
+        },
+        path,
+    )
     assert_input_error(f"{os.system.__module__}.system", "builtins.exec", "nothing was executed", source=path)
     assert not marker.exists()
 
@@ -581,8 +608,9 @@ def test_user_class_refused_by_default(mymodels: SimpleNamespace, which: str) ->
 
 
 @pytest.mark.parametrize("which", ["path", "legacy"])
-def test_user_class_with_arch_file_path(mymodels: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        which: str) -> None:
+def test_user_class_with_arch_file_path(
+    mymodels: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, which: str
+) -> None:
     monkeypatch.chdir(tmp_path)  # not the folder holding mymodels.py
     loaded = load_model(getattr(mymodels, which), arch=f"{mymodels.dir / 'mymodels.py'}:build")
     assert loaded.format == "pickle"
@@ -896,10 +924,10 @@ BAD_FILES = [
     ("truncated_torchscript", ["truncated or corrupt"]),
     ("corrupt_data_pkl", []),
     ("foreign_zip", ["not one PyTorch wrote"]),
-    ("list", ["holds a list", "not a model"]),
-    ("int", ["holds a int", "not a model"]),
-    ("tensor", ["holds a Tensor", "not a model"]),
-    ("legacy_list", ["holds a list"]),
+    ("list", ["holds an object of type list", "not a model"]),
+    ("int", ["holds an object of type int", "not a model"]),
+    ("tensor", ["holds an object of type Tensor", "not a model"]),
+    ("legacy_list", ["holds an object of type list"]),
     ("dict_without_tensors", ["--checkpoint-key", "lr", "name"]),
 ]
 

@@ -73,8 +73,15 @@ EMPTY = inspect.Parameter.empty
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_fixed_signature_matches_reference(dims: int, ref: SimpleNamespace) -> None:
     expected = [
-        ("in_channels", EMPTY, POS), ("out_channels", EMPTY, POS), ("kernel_size", EMPTY, POS), ("den", EMPTY, POS),
-        ("stride", 1, POS), ("padding", 1, POS), ("groups", 1, POS), ("dilation", 1, POS), ("bias", False, POS),
+        ("in_channels", EMPTY, POS),
+        ("out_channels", EMPTY, POS),
+        ("kernel_size", EMPTY, POS),
+        ("den", EMPTY, POS),
+        ("stride", 1, POS),
+        ("padding", 1, POS),
+        ("groups", 1, POS),
+        ("dilation", 1, POS),
+        ("bias", False, POS),
     ]
     assert _params(FIXED[dims]) == expected
     assert _params(FIXED[dims]) == _params(getattr(ref.fixed, f"wConv{dims}d"))
@@ -84,8 +91,14 @@ def test_fixed_signature_matches_reference(dims: int, ref: SimpleNamespace) -> N
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_trainable_signature_matches_reference_plus_keyword_den(dims: int, ref: SimpleNamespace) -> None:
     expected = [
-        ("in_channels", EMPTY, POS), ("out_channels", EMPTY, POS), ("kernel_size", EMPTY, POS),
-        ("stride", 1, POS), ("padding", 1, POS), ("groups", 1, POS), ("dilation", 1, POS), ("bias", False, POS),
+        ("in_channels", EMPTY, POS),
+        ("out_channels", EMPTY, POS),
+        ("kernel_size", EMPTY, POS),
+        ("stride", 1, POS),
+        ("padding", 1, POS),
+        ("groups", 1, POS),
+        ("dilation", 1, POS),
+        ("bias", False, POS),
     ]
     ours = _params(TRAINABLE[dims])
     assert ours[:-1] == expected
@@ -188,8 +201,13 @@ def test_forward_equals_conv_of_weight_times_phi(
     padding = padding if isinstance(padding, str) else (padding,) * dims
     bias = None if layer.bias is None else layer.bias.double()
     expected = CONV[dims](
-        x, layer.weight.double() * spec_phi(den, dims), bias, (kwargs.get("stride", 1),) * dims, padding,
-        (kwargs.get("dilation", 1),) * dims, kwargs.get("groups", 1),
+        x,
+        layer.weight.double() * spec_phi(den, dims),
+        bias,
+        (kwargs.get("stride", 1),) * dims,
+        padding,
+        (kwargs.get("dilation", 1),) * dims,
+        kwargs.get("groups", 1),
     )
     out = layer(x.to(dtype))
     assert out.shape == expected.shape and out.dtype == dtype

@@ -45,9 +45,17 @@ def cli(debug: bool) -> None:
 
 def _model_options(f: Any) -> Any:
     """The options every command that reads a MODEL takes (same names as load_model's arguments)."""
-    f = click.option("--checkpoint-key", metavar="KEY", help="Entry of a checkpoint dict to use (default: ema, model_ema, model, state_dict, ...).")(f)
-    f = click.option("--arch", metavar="MODULE:CALLABLE", help="Build the architecture with this callable and load only the file's weights.")(f)
-    f = click.option("--trust-pickle", is_flag=True, help="Allow full unpickling: code in the file may run. Only for files you trust.")(f)
+    f = click.option(
+        "--checkpoint-key",
+        metavar="KEY",
+        help="Entry of a checkpoint dict to use (default: ema, model_ema, model, state_dict, ...).",
+    )(f)
+    f = click.option(
+        "--arch", metavar="MODULE:CALLABLE", help="Build the architecture with this callable and load only the file's weights."
+    )(f)
+    f = click.option(
+        "--trust-pickle", is_flag=True, help="Allow full unpickling: code in the file may run. Only for files you trust."
+    )(f)
     return click.argument("model", metavar="MODEL")(f)
 
 
@@ -61,7 +69,9 @@ def _load(model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str 
 @_model_options
 @click.option("--no-fold-bn", is_flag=True, help="Do not try fusing Conv+BatchNorm pairs in the fold check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
-def inspect(model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str | None, no_fold_bn: bool, as_json: bool) -> None:
+def inspect(
+    model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str | None, no_fold_bn: bool, as_json: bool
+) -> None:
     """Show MODEL's format, weighted layers, parameters and whether it folds cleanly.
 
     MODEL is a file saved with torch.save (whole model, state_dict with --arch, checkpoint
@@ -76,8 +86,15 @@ def inspect(model: str, trust_pickle: bool, arch: str | None, checkpoint_key: st
 
 
 @cli.command()
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True,
-              help="Folder for the files the demo writes.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Folder for the files the demo writes.",
+)
 def demo(out_dir: Path) -> None:
     """Run the toolkit end to end on a built-in network (no arguments, no network access)."""
     from wconv_deploy.demo import run_demo

@@ -31,6 +31,7 @@ def demo_network(width: int = 16, depth: int = 5, seed: int = 0) -> nn.Sequentia
     with torch.no_grad():  # BatchNorm statistics as if trained, so the fusion has work to do
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
@@ -58,8 +59,10 @@ def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> Path:
     with torch.no_grad():
         err = relative_error(folded(x), loaded.model(x))
     convs = sum(isinstance(m, nn.Conv2d) for m in folded.modules())
-    echo(f"      {len(report.folded)} weighted layers folded, {len(report.fused_bn)} BatchNorms fused, "
-         f"{convs} nn.Conv2d left; rel error on a 64x64 image {err:.1e}")
+    echo(
+        f"      {len(report.folded)} weighted layers folded, {len(report.fused_bn)} BatchNorms fused, "
+        f"{convs} nn.Conv2d left; rel error on a 64x64 image {err:.1e}"
+    )
 
     echo("[4/4] writing the folded model")
     with atomic_output(target) as tmp:

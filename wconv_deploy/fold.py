@@ -15,7 +15,7 @@ import copy
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -199,14 +199,23 @@ class FoldReport:
             lines.append(f"folding deferred: {self.deferred}")
         if self.folded:
             rows = [
-                [ly.name, ly.kind, _kernel_str(ly.kernel), _den_str(ly.den), f"{ly.phi_min:.3g}..{ly.phi_max:.3g}", f"{self.layer_errors.get(ly.name, 0.0):.1e}"]
+                [
+                    ly.name,
+                    ly.kind,
+                    _kernel_str(ly.kernel),
+                    _den_str(ly.den),
+                    f"{ly.phi_min:.3g}..{ly.phi_max:.3g}",
+                    f"{self.layer_errors.get(ly.name, 0.0):.1e}",
+                ]
                 for ly in self.folded
             ]
             lines.append(format_table(["folded layer", "kind", "kernel", "den", "Phi range", "rel err"], rows))
         for ly in self.not_folded:
             lines.append(f"not folded: {ly.name} ({ly.cls}): {ly.problem}")
         if self.fused_bn:
-            lines.append(f"fused {len(self.fused_bn)} Conv+BatchNorm pair(s), worst rel err {max(f.rel_error for f in self.fused_bn):.1e}")
+            lines.append(
+                f"fused {len(self.fused_bn)} Conv+BatchNorm pair(s), worst rel err {max(f.rel_error for f in self.fused_bn):.1e}"
+            )
         for bn, reason in self.bn_not_fused:
             lines.append(f"BatchNorm not fused: {bn}: {reason}")
         if self.model_check is not None:
@@ -259,11 +268,11 @@ def _probe_input(conv: nn.modules.conv._ConvNd, gen: torch.Generator) -> Tensor:
 
 def _as_conv(layer: WeightedLayer, module: nn.Module) -> nn.modules.conv._ConvNd:
     """The ``nn.ConvNd`` equal to a weighted ``module``: same hyperparameters, weight * Phi."""
-    weight = module.weight
+    weight = cast(Tensor, module.weight)
     conv = _CONV[layer.dims](
         layer.in_channels,
         layer.out_channels,
-        layer.kernel,
+        layer.kernel,  # type: ignore[arg-type]  # nn.ConvNd accepts a tuple
         stride=layer.stride,
         padding=layer.padding,
         dilation=layer.dilation,
@@ -274,8 +283,8 @@ def _as_conv(layer: WeightedLayer, module: nn.Module) -> nn.modules.conv._ConvNd
     )
     with torch.no_grad():
         conv.weight.copy_(weight * _phi_of(module, layer.dims))
-        if layer.bias:
-            conv.bias.copy_(module.bias)
+        if conv.bias is not None:
+            conv.bias.copy_(cast(Tensor, module.bias))
     conv.train(module.training)
     return conv
 
@@ -330,7 +339,9 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> Iterator[tuple[str, 
     try:
         graph = torch.fx.symbolic_trace(model).graph
     except Exception as e:
-        report.bn_not_fused.append(("(model)", f"not traceable by torch.fx ({type(e).__name__}); fused inside nn.Sequential only"))
+        report.bn_not_fused.append(
+            ("(model)", f"not traceable by torch.fx ({type(e).__name__}); fused inside nn.Sequential only")
+        )
         for seq_name, seq in model.named_modules():
             if isinstance(seq, nn.Sequential):
                 names = list(seq._modules)
@@ -345,7 +356,7 @@ def _conv_bn_pairs(model: nn.Module, report: FoldReport) -> Iterator[tuple[str, 
         if not isinstance(src, torch.fx.Node) or src.op != "call_module":
             continue
         if calls[node.target] == 1 and calls[src.target] == 1 and len(src.users) == 1:
-            if uses[id(model.get_submodule(src.target))] == 1 and uses[id(model.get_submodule(node.target))] == 1:
+            if uses[id(model.get_submodule(str(src.target)))] == 1 and uses[id(model.get_submodule(str(node.target)))] == 1:
                 yield str(src.target), str(node.target)
 
 
@@ -353,6 +364,7 @@ def _fuse_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._Batch
     """A convolution computing ``bn(conv(x))`` with eval-mode statistics (arithmetic in float64)."""
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    assert bn.running_mean is not None and bn.running_var is not None  # checked by the caller
     mean, var = bn.running_mean.double(), bn.running_var.double()
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
@@ -367,7 +379,9 @@ def _fuse_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._Batch
 def _fold_batchnorm(model: nn.Module, report: FoldReport, gen: torch.Generator) -> None:
     for conv_name, bn_name in list(_conv_bn_pairs(model, report)):
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
-        if type(conv) not in _CONV.values() or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        if not isinstance(conv, nn.modules.conv._ConvNd) or type(conv) not in _CONV.values():
+            continue
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
             continue
         if type(bn) is not _BN[conv.weight.dim() - 2]:
             continue
@@ -414,9 +428,11 @@ def _guess_inputs(model: nn.Module, gen: torch.Generator) -> tuple[Tensor, ...] 
     return (x.to(dtype=w.dtype, device=w.device),)
 
 
-def _check_model(original: nn.Module, folded: nn.Module, inputs: Sequence[Tensor] | None, gen: torch.Generator, tol: float) -> ModelCheck:
+def _check_model(
+    original: nn.Module, folded: nn.Module, inputs: Sequence[Tensor] | None, gen: torch.Generator, tol: float
+) -> ModelCheck:
     guessed = inputs is None
-    probe = _guess_inputs(folded, gen) if guessed else tuple(inputs)
+    probe = _guess_inputs(folded, gen) if inputs is None else tuple(inputs)
     if isinstance(probe, str):
         return ModelCheck([], None, skipped=probe)
     shapes = [list(t.shape) for t in probe]
@@ -429,15 +445,24 @@ def _check_model(original: nn.Module, folded: nn.Module, inputs: Sequence[Tensor
             except Exception as e:
                 if not guessed:
                     raise InputError(f"the model fails on the given example inputs {shapes}: {type(e).__name__}: {e}") from None
-                return ModelCheck(shapes, None, skipped=f"a guessed input {shapes} does not fit the model ({type(e).__name__}); pass example_inputs")
+                return ModelCheck(
+                    shapes,
+                    None,
+                    skipped=f"a guessed input {shapes} does not fit the model ({type(e).__name__}); pass example_inputs",
+                )
             actual = _outputs(folded(*probe))
     finally:
         for m, mode in modes:  # per module: a model may mix train and eval submodules
             m.training = mode
     err = max((relative_error(a, e) for a, e in zip(actual, expected)), default=0.0)
     if len(actual) != len(expected) or not err <= tol:
-        raise MismatchError(f"the folded model's output differs from the original's: rel error {err:.2e} > {tol:.0e} on inputs {shapes}")
+        raise MismatchError(
+            f"the folded model's output differs from the original's: rel error {err:.2e} > {tol:.0e} on inputs {shapes}"
+        )
     return ModelCheck(shapes, err)
+
+
+_GRAPH_ONLY_DEFERRED = "TorchScript and torch.export (.pt2) models are folded on their exported graph at export time"
 
 
 def fold(
@@ -459,11 +484,11 @@ def fold(
     report = FoldReport()
     if isinstance(model, LoadedModel):
         if model.graph_only:
-            report.deferred = f"{model.format} models are folded on the exported graph, not module by module"
+            report.deferred = _GRAPH_ONLY_DEFERRED
             return FoldResult(model.model, report)
         model = model.model
     if isinstance(model, torch.jit.ScriptModule):
-        report.deferred = "TorchScript models are folded on the exported graph, not module by module"
+        report.deferred = _GRAPH_ONLY_DEFERRED
         return FoldResult(model, report)
     _check_finite(model)
     for layer in find_weighted(model):

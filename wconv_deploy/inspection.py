@@ -68,12 +68,26 @@ class Inspection:
         lines += [f"note        {n}" for n in self.notes]
         if self.layers:
             rows = [
-                [ly.name, ly.kind, f"{ly.dims}-D", "x".join(map(str, ly.kernel)), "[" + ", ".join(f"{v:.3g}" for v in ly.den) + "]",
-                 _fmt(ly.stride), _fmt(ly.padding), _fmt(ly.dilation), _fmt(ly.groups), ly.cls]
+                [
+                    ly.name,
+                    ly.kind,
+                    f"{ly.dims}-D",
+                    "x".join(map(str, ly.kernel)),
+                    "[" + ", ".join(f"{v:.3g}" for v in ly.den) + "]",
+                    _fmt(ly.stride),
+                    _fmt(ly.padding),
+                    _fmt(ly.dilation),
+                    _fmt(ly.groups),
+                    ly.cls,
+                ]
                 for ly in self.layers
             ]
             lines.append("")
-            lines.append(format_table(["weighted layer", "kind", "dims", "kernel", "den", "stride", "padding", "dilation", "groups", "class"], rows))
+            lines.append(
+                format_table(
+                    ["weighted layer", "kind", "dims", "kernel", "den", "stride", "padding", "dilation", "groups", "class"], rows
+                )
+            )
         else:
             lines.append("weighted layers: none found")
         lines.append("")
@@ -94,7 +108,7 @@ def _verdict(ins: Inspection) -> str:
     if report is None:
         return f"no: {ins.fold_error}"
     if report.deferred:
-        return "on the exported graph (" + report.deferred + ")"
+        return "not checked here (see above)"
     if report.not_folded:
         return f"no, {len(report.not_folded)} weighted layer(s) left unfolded"
     return f"yes, {len(report.folded)} weighted layer(s) folded"

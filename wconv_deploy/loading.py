@@ -103,9 +103,9 @@ def _reference_mapper(dims: int) -> type[nn.Module]:
         def __setstate__(self, state: dict[str, Any]) -> None:
             super().__setstate__(state)
             if "den" in self._parameters:
-                self.__class__ = wnn.TRAINABLE[dims]
+                self.__class__ = wnn.TRAINABLE[dims]  # type: ignore[assignment]
             elif "Phi" in self._buffers:
-                self.__class__ = wnn.FIXED[dims]
+                self.__class__ = wnn.FIXED[dims]  # type: ignore[assignment]
             else:
                 raise pickle.UnpicklingError(
                     f"a reference wConv{dims}d without a `den` parameter or `Phi` buffer cannot be mapped"
@@ -426,7 +426,7 @@ def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor], notes: list[str]) -
     state = dict(state)
     for prefix in _WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
             notes.append(f"stripped the {prefix!r} prefix from every state_dict key")
     return state
 
@@ -436,7 +436,9 @@ def _load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing {_some(missing)}")
@@ -502,14 +504,20 @@ def load_model(
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
             raise InputError(f"{path}: cannot read the TorchScript archive: {_first_line(e)}") from None
-        return LoadedModel(model.eval(), "torchscript", path, digest, notes=["TorchScript: weighted layers are folded on the exported graph"])
+        return LoadedModel(
+            model.eval(), "torchscript", path, digest, notes=["TorchScript: weighted layers are folded on the exported graph"]
+        )
     if kind == "export":
         try:
             program = torch.export.load(str(path))
         except Exception as e:
             raise InputError(f"{path}: cannot read the torch.export program: {_first_line(e)}") from None
         return LoadedModel(
-            program.module(), "export", path, digest, exported_program=program,
+            program.module(),
+            "export",
+            path,
+            digest,
+            exported_program=program,
             notes=["torch.export program: weighted layers are folded on the exported graph"],
         )
 
@@ -537,5 +545,5 @@ def load_model(
         model = _build_arch(arch)
         _load_state_into(model, obj, path, notes)
     else:
-        raise InputError(f"{path} holds a {type(obj).__name__}, not a model, state_dict or checkpoint")
+        raise InputError(f"{path} holds an object of type {type(obj).__name__}, not a model, state_dict or checkpoint")
     return LoadedModel(model.eval(), fmt, path, digest, checkpoint_key=key, notes=notes)

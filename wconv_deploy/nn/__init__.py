@@ -23,7 +23,7 @@ The reference names are importable from :mod:`wconv_deploy.nn.wConv` and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +107,7 @@ class WeightedConvNd(nn.Module):
         tup = _ntuple(self.dims)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
-                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be "
-                f"divisible by groups ({groups})"
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         self.stride = tuple(tup(stride))
         if isinstance(padding, str):
@@ -145,7 +144,8 @@ class WeightedConvNd(nn.Module):
     def folded_weight(self) -> Tensor:
         """``weight * Phi``: the weight of the ordinary convolution this layer equals."""
         phi = self.phi()
-        if phi.shape != self.weight.shape[2:]:  # weight.shape[2:] is kernel_size
+        # weight.shape[2:] is kernel_size; a tracer would record the comparison as a constant
+        if not torch.jit.is_tracing() and phi.shape != self.weight.shape[2:]:
             raise ValueError(
                 f"density of length {(phi.shape[0] - 1) // 2} gives a {list(phi.shape)} mask, "
                 f"but kernel_size is {self.kernel_size}"
@@ -177,6 +177,10 @@ class WeightedConvNd(nn.Module):
 class _FixedWeightedConvNd(WeightedConvNd):
     """Fixed density: ``alfa`` and ``Phi`` are buffers saved in the state_dict."""
 
+    if TYPE_CHECKING:  # buffers, for the type checker (TorchScript cannot read these annotations)
+        alfa: Tensor
+        Phi: Tensor
+
     trainable = False
 
     def __init__(
@@ -193,12 +197,12 @@ class _FixedWeightedConvNd(WeightedConvNd):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, groups, dilation, bias)
         alfa = alfa_from_den(_den_tensor(den))
+        phi = phi_from_alfa(alfa, self.dims).clone()
         self.register_buffer("alfa", alfa)
-        self.register_buffer("Phi", phi_from_alfa(alfa, self.dims).clone())
-        if tuple(self.Phi.shape) != self.kernel_size:
+        self.register_buffer("Phi", phi)
+        if tuple(phi.shape) != tuple(self.kernel_size):
             raise ValueError(
-                f"den of length {len(alfa) // 2} gives a {len(alfa)}-tap kernel, "
-                f"but kernel_size is {self.kernel_size}"
+                f"den of length {len(alfa) // 2} gives a {len(alfa)}-tap kernel, but kernel_size is {self.kernel_size}"
             )
 
     def phi(self) -> Tensor:
@@ -240,7 +244,10 @@ class _TrainableWeightedConvNd(WeightedConvNd):
             den = REFERENCE_TRAINABLE_DEN if m == len(REFERENCE_TRAINABLE_DEN) else [1.0] * m
         den_t = _den_tensor(den)
         if 2 * den_t.shape[0] + 1 != k:
-            raise ValueError(f"den of length {den_t.shape[0]} gives a {2 * den_t.shape[0] + 1}-tap kernel, but kernel_size is {self.kernel_size}")
+            raise ValueError(
+                f"den of length {den_t.shape[0]} gives a {2 * den_t.shape[0] + 1}-tap kernel, "
+                f"but kernel_size is {self.kernel_size}"
+            )
         self.den = nn.Parameter(den_t)
 
     def phi(self) -> Tensor:
