@@ -28,3 +28,9 @@ class MismatchError(WconvError):
     def __init__(self, message: str, report: str = "") -> None:
         super().__init__(message)
         self.report = report
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__

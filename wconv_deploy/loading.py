@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from wconv_deploy import nn as wnn
-from wconv_deploy.errors import InputError
+from wconv_deploy.errors import InputError, first_line
 
 __all__ = ["CHECKPOINT_KEYS", "LoadedModel", "load_model", "resolve_arch"]
 
@@ -210,13 +210,17 @@ def resolve_arch(spec: str) -> Callable[[], nn.Module]:
                 loader_spec = importlib.util.spec_from_file_location(file.stem, file)
                 assert loader_spec is not None and loader_spec.loader is not None
                 module = importlib.util.module_from_spec(loader_spec)
-                loader_spec.loader.exec_module(module)
+                sys.path.insert(0, str(file.resolve().parent))  # its sibling modules import, as with `python file.py`
+                try:
+                    loader_spec.loader.exec_module(module)
+                finally:
+                    sys.path.remove(str(file.resolve().parent))
             else:
                 module = importlib.import_module(mod_name)
     except InputError:
         raise
     except Exception as e:  # an import runs arbitrary user code; any failure is the user's input
-        raise InputError(f"--arch {spec!r}: cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
+        raise InputError(f"--arch {spec!r}: cannot import {mod_name!r}: {type(e).__name__}: {first_line(e)}") from None
     target = getattr(module, attr, None)
     if not callable(target):
         raise InputError(f"--arch {spec!r}: {mod_name!r} has no callable named {attr!r}")
@@ -228,7 +232,7 @@ def _build_arch(arch: str | Callable[[], nn.Module]) -> nn.Module:
     try:
         model = builder()
     except Exception as e:
-        raise InputError(f"--arch: building the architecture failed: {type(e).__name__}: {e}") from None
+        raise InputError(f"--arch: building the architecture failed: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"--arch: the callable returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -250,7 +254,7 @@ def _torch_load_safe(path: Path, kind: str, arch_given: bool, notes: list[str]) 
             try:
                 unknown = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
             except Exception as e:
-                raise InputError(f"{path} is a truncated or corrupt torch.save archive ({_first_line(e)})") from None
+                raise InputError(f"{path} is a truncated or corrupt torch.save archive ({first_line(e)})") from None
     else:
         unknown = []  # the legacy format cannot be scanned up front; the unpickler reports the first one
     # Reference classes under the names found, and always under the reference's own module names.
@@ -279,9 +283,9 @@ def _torch_load_safe(path: Path, kind: str, arch_given: bool, notes: list[str]) 
             if marker in msg:
                 name = msg.split(marker, 1)[1].split()[0]
                 raise InputError(_unsafe_globals_message(path, [name])) from None
-            raise InputError(f"{path} cannot be read safely: {_first_line(e)}") from None
+            raise InputError(f"{path} cannot be read safely: {first_line(e)}") from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise InputError(f"{path} is truncated or corrupt: {_first_line(e)}") from None
+            raise InputError(f"{path} is truncated or corrupt: {first_line(e)}") from None
 
 
 class _LegacyUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
@@ -378,7 +382,7 @@ def _torch_load_legacy(path: Path, allow: list[Any], arch_given: bool, notes: li
     except InputError:
         raise
     except Exception as e:  # only allowlisted code ran: any other failure is a damaged file
-        raise InputError(f"{path} is truncated or corrupt: {_first_line(e)}") from None
+        raise InputError(f"{path} is truncated or corrupt: {first_line(e)}") from None
     if placeholders:
         notes.append(f"read weights only; replaced by placeholders: {', '.join(sorted(placeholders))}")
     return obj
@@ -406,16 +410,11 @@ def _torch_load_trusted(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_trusted_pickle_module)
     except (ImportError, AttributeError) as e:
         raise InputError(
-            f"{path} refers to code that cannot be imported ({_first_line(e)}); run from the folder "
+            f"{path} refers to code that cannot be imported ({first_line(e)}); run from the folder "
             "that holds it, or pass --arch MODULE:CALLABLE"
         ) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"{path} is truncated or corrupt: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else type(e).__name__
+        raise InputError(f"{path} is truncated or corrupt: {first_line(e)}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -503,7 +502,7 @@ def load_model(
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise InputError(f"{path}: cannot read the TorchScript archive: {_first_line(e)}") from None
+            raise InputError(f"{path}: cannot read the TorchScript archive: {first_line(e)}") from None
         return LoadedModel(
             model.eval(), "torchscript", path, digest, notes=["TorchScript: weighted layers are folded on the exported graph"]
         )
@@ -511,7 +510,7 @@ def load_model(
         try:
             program = torch.export.load(str(path))
         except Exception as e:
-            raise InputError(f"{path}: cannot read the torch.export program: {_first_line(e)}") from None
+            raise InputError(f"{path}: cannot read the torch.export program: {first_line(e)}") from None
         return LoadedModel(
             program.module(),
             "export",
