@@ -20,9 +20,10 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import Tensor, nn
 
-from wconv_deploy.errors import InputError, MismatchError
+from wconv_deploy.errors import InputError, MismatchError, first_line
 from wconv_deploy.loading import LoadedModel
 from wconv_deploy.nn import WeightedConvNd, phi_from_den
+from wconv_deploy.runtimes.base import outputs_of
 from wconv_deploy.table import format_table
 
 __all__ = ["FoldReport", "FoldResult", "WeightedLayer", "find_weighted", "fold", "relative_error"]
@@ -405,17 +406,6 @@ def _fold_batchnorm(model: nn.Module, report: FoldReport, gen: torch.Generator) 
 # --------------------------------------------------------------------------- whole model
 
 
-def _outputs(result: Any) -> list[Tensor]:
-    """The tensors of a forward result (a tensor, or tuples/lists/dicts of them), in order."""
-    if isinstance(result, Tensor):
-        return [result]
-    if isinstance(result, dict):
-        return [t for v in result.values() for t in _outputs(v)]
-    if isinstance(result, (list, tuple)):
-        return [t for v in result for t in _outputs(v)]
-    return []
-
-
 def _guess_inputs(model: nn.Module, gen: torch.Generator) -> tuple[Tensor, ...] | str:
     """One seeded input shaped for the model's first convolution, or why none could be guessed."""
     first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
@@ -441,16 +431,18 @@ def _check_model(
     try:
         with torch.no_grad():
             try:
-                expected = _outputs(original(*probe))
+                expected = outputs_of(original(*probe))
             except Exception as e:
                 if not guessed:
-                    raise InputError(f"the model fails on the given example inputs {shapes}: {type(e).__name__}: {e}") from None
+                    raise InputError(
+                        f"the model rejects the example inputs {shapes}: {type(e).__name__}: {first_line(e)}"
+                    ) from None
                 return ModelCheck(
                     shapes,
                     None,
                     skipped=f"a guessed input {shapes} does not fit the model ({type(e).__name__}); pass example_inputs",
                 )
-            actual = _outputs(folded(*probe))
+            actual = outputs_of(folded(*probe))
     finally:
         for m, mode in modes:  # per module: a model may mix train and eval submodules
             m.training = mode
