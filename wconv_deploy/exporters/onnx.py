@@ -1,0 +1,499 @@
+"""Export a (folded) model to ONNX, check the graph's structure, stamp its provenance, validate it.
+
+:func:`export_onnx` is the pipeline behind ``wconv-deploy export``: load, fold (module level),
+export with ``torch.onnx`` (the torch.export-based exporter; TorchScript archives go through
+the TorchScript exporter, which is the only one that reads them), fold any remaining constant
+weight arithmetic on the graph, check the structure, write metadata, and validate the result
+against the original PyTorch model in ONNX Runtime. The file at ``output`` only ever holds a
+model that passed every check: the work happens on a temporary file beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from wconv_deploy.errors import InputError, MismatchError, WconvError, first_line
+from wconv_deploy.fileio import atomic_output, write_text_atomic
+from wconv_deploy.fold import FoldReport, fold
+from wconv_deploy.loading import LoadedModel, load_model
+from wconv_deploy.spec import InputSpec
+from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL, ValidationReport, validate
+
+DEFAULT_OPSET = 18
+#: protobuf cannot serialise a message over 2 GiB; larger models keep weights in a side file.
+PROTOBUF_LIMIT = 2**31 - 1
+#: Ops that compute a tensor; any of them feeding a Conv weight means the weight is not folded.
+CONV_OPS = ("Conv", "ConvTranspose")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class GraphCheck:
+    """The structural checks run on every exported graph (see :func:`check_graph`)."""
+
+    ops: dict[str, int]
+    conv_nodes: int
+    expected_convs: int | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class ExportReport:
+    """What ``export_onnx`` did: the file, the fold, the graph checks and the validation."""
+
+    output: str
+    source: str
+    source_sha256: str | None
+    input_spec: InputSpec
+    opset: int
+    exporter: str
+    fold: FoldReport
+    graph_folded_nodes: int
+    graph: GraphCheck
+    size_bytes: int = 0
+    external_data: bool = False
+    validation: ValidationReport | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "input_spec": self.input_spec.to_dict(),
+            "opset": self.opset,
+            "exporter": self.exporter,
+            "fold": self.fold.to_dict(),
+            "graph_folded_nodes": self.graph_folded_nodes,
+            "graph": {
+                "ops": self.graph.ops,
+                "conv_nodes": self.graph.conv_nodes,
+                "expected_convs": self.graph.expected_convs,
+                "problems": self.graph.problems,
+                "passed": self.graph.passed,
+            },
+            "size_bytes": self.size_bytes,
+            "external_data": self.external_data,
+            "validation": self.validation.to_dict() if self.validation else None,
+        }
+
+    def render(self) -> str:
+        folded = len(self.fold.folded)
+        how = f"{folded} weighted layer(s) folded in PyTorch"
+        if self.fold.deferred:
+            how = f"on the exported graph (torch.onnx's optimizer, then {self.graph_folded_nodes} node(s) by wconv-deploy)"
+        if self.fold.fused_bn:
+            how += f", {len(self.fold.fused_bn)} BatchNorm(s) fused"
+        ops = ", ".join(f"{op} {n}" for op, n in sorted(self.graph.ops.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines = [
+            f"source      {self.source}",
+            f"inputs      {self.input_spec}",
+            f"folding     {how}",
+            f"graph       opset {self.opset}, {sum(self.graph.ops.values())} nodes: {ops}",
+            f"checks      onnx checker, shape inference, {self.graph.conv_nodes} Conv(s) with initializer weights"
+            + (f" (= {self.graph.expected_convs} conv layers)" if self.graph.expected_convs is not None else ""),
+        ]
+        if self.validation is not None:
+            lines += ["", self.validation.render()]
+        else:
+            lines.append("validation  skipped (--no-validate)")
+        size = f"{self.size_bytes / 1e6:.2f} MB" + (" + external data" if self.external_data else "")
+        lines += ["", f"wrote {self.output} ({size})"]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- graph passes
+
+
+def _constant_names(graph: onnx.GraphProto) -> set[str]:
+    inputs = {i.name for i in graph.input}
+    return {t.name for t in graph.initializer if t.name not in inputs}
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Evaluate every node whose inputs are all constants and store its outputs as initializers.
+
+    This is what turns ``Mul(weight, Phi)`` (and the ops building ``Phi`` from a trainable
+    ``den``) into a plain weight when a TorchScript or ``.pt2`` model could not be folded as
+    modules. Returns the number of nodes folded. Uses the ONNX reference evaluator, so any
+    standard op folds.
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    graph = model.graph
+    known = _constant_names(graph)
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in known}
+    opsets = list(model.opset_import)
+    folded = 0
+    keep = []
+    for node in graph.node:
+        ins = [i for i in node.input if i]
+        if node.domain not in ("", "ai.onnx") or any(i not in values for i in ins) or node.op_type in ("If", "Loop", "Scan"):
+            keep.append(node)
+            continue
+        sub = onnx.helper.make_model(
+            onnx.helper.make_graph(
+                [node],
+                "fold",
+                [onnx.helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None) for i in dict.fromkeys(ins)],
+                [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output if o],
+            ),
+            opset_imports=opsets,
+        )
+        try:
+            results = ReferenceEvaluator(sub).run(None, {i: values[i] for i in ins})
+        except Exception:  # an op the reference evaluator cannot run stays in the graph
+            keep.append(node)
+            continue
+        for name, value in zip([o for o in node.output if o], results):
+            values[name] = np.asarray(value)
+            graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        folded += 1
+    del graph.node[:]
+    graph.node.extend(keep)
+    _drop_unused_initializers(graph)
+    return folded
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    names = {t.name for t in kept}
+    vi = [v for v in graph.value_info if v.name not in names or v.name in used]
+    del graph.value_info[:]
+    graph.value_info.extend(vi)
+
+
+def check_graph(model: onnx.ModelProto, expected_convs: int | None) -> GraphCheck:
+    """The structural checks every exported graph must pass.
+
+    The full ONNX checker and strict shape inference; every Conv/ConvTranspose weight and bias
+    an initializer (no node computes a weight); as many Conv nodes as the folded model has conv
+    layer calls (``expected_convs``; ``None`` skips that count).
+    """
+    problems = []
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        problems.append(f"onnx checker: {first_line(e)}")
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:
+        problems.append(f"shape inference: {first_line(e)}")
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    constants = _constant_names(graph)
+    ops = Counter(n.op_type for n in graph.node)
+    for node in graph.node:
+        if node.op_type not in CONV_OPS:
+            continue
+        for role, name in zip(("weight", "bias"), node.input[1:3]):
+            if not name or name in constants:
+                continue
+            src = producers.get(name)
+            how = f"computed by a {src.op_type} node" if src is not None else "a graph input"
+            problems.append(f"{node.op_type} {node.name or node.output[0]}: {role} {name!r} is {how}, not an initializer")
+    conv_nodes = ops.get("Conv", 0)
+    if expected_convs is not None and conv_nodes != expected_convs:
+        problems.append(f"{conv_nodes} Conv node(s) in the graph but {expected_convs} conv layer call(s) in the model")
+    return GraphCheck(dict(ops), conv_nodes, expected_convs, problems)
+
+
+def _check_accepts(model: nn.Module, args: list[torch.Tensor]) -> None:
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as e:
+        shapes = [list(a.shape) for a in args]
+        raise InputError(f"the model rejects inputs {shapes}: {type(e).__name__}: {first_line(e)}") from None
+
+
+def _count_conv_calls(model: nn.Module, args: list[torch.Tensor]) -> int:
+    """How many times a forward pass calls an ``nn.Conv1d/2d/3d`` (shared layers count per call)."""
+    calls = 0
+
+    def hook(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in convs]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _count_graph_convs(loaded: LoadedModel) -> int | None:
+    """Conv calls in a TorchScript or torch.export graph (None when they cannot be counted)."""
+    if loaded.exported_program is not None:
+        nodes = loaded.exported_program.graph.nodes
+        return sum(1 for n in nodes if n.op == "call_function" and "conv" in str(n.target) and "transpose" not in str(n.target))
+    if isinstance(loaded.model, torch.jit.ScriptModule):
+        kinds = ("aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::_convolution", "aten::convolution")
+        graph = loaded.model.inlined_graph
+        torch._C._jit_pass_constant_propagation(graph)  # prunes branches on constants (a layer's dims)
+        top = sum(1 for n in graph.nodes() if n.kind() in kinds)
+        return top if top == _count_nested(graph.nodes(), kinds) else None  # a conv under control flow: unknown
+    return None
+
+
+def _count_nested(nodes: Any, kinds: tuple[str, ...]) -> int:
+    """Conv nodes in a TorchScript graph, inside If/Loop blocks included."""
+    return sum((n.kind() in kinds) + sum(_count_nested(b.nodes(), kinds) for b in n.blocks()) for n in nodes)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence torch.onnx's own progress prints and log lines; we report progress ourselves."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # torch.export logs failed guards and whole graphs as warnings
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, scripted: bool) -> str:
+    args = tuple(spec.example_inputs(spec.export_shapes()))
+    try:
+        with _quiet():
+            if scripted:
+                torch.onnx.export(
+                    model,
+                    args,
+                    os.fspath(out),
+                    dynamo=False,
+                    input_names=spec.names,
+                    dynamic_axes=spec.legacy_dynamic_axes(),
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
+                return "torch.onnx (TorchScript)"
+            program = torch.onnx.export(
+                model,
+                args,
+                dynamo=True,
+                input_names=spec.names,
+                dynamic_shapes=spec.torch_dynamic_shapes() if spec.dynamic_axes else None,
+                opset_version=opset,
+                verbose=False,
+            )
+            assert program is not None
+            onnx.save(program.model_proto, os.fspath(out), save_as_external_data=False)
+            return "torch.onnx (dynamo)"
+    except WconvError:
+        raise
+    except Exception as e:  # torch.export/onnxscript raise many types; all mean "this model did not export"
+        root: BaseException = e
+        while root.__cause__ is not None:  # the exporter wraps the error that says what went wrong
+            root = root.__cause__
+        raise InputError(f"torch.onnx.export failed: {type(root).__name__}: {first_line(root)}") from None
+
+
+def _name_outputs(model: onnx.ModelProto) -> list[str]:
+    """Rename graph outputs to ``output`` (one) or ``output_0``, ``output_1``, ...; returns the names."""
+    graph = model.graph
+    outs = list(graph.output)
+    new = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    taken = {n for node in graph.node for n in [*node.input, *node.output]} | {i.name for i in graph.input}
+    for vi, name in zip(outs, new):
+        old = vi.name
+        if old == name or name in taken - {old}:
+            continue
+        for node in graph.node:
+            node.output[:] = [name if o == old else o for o in node.output]
+            node.input[:] = [name if i == old else i for i in node.input]
+        vi.name = name
+    return [o.name for o in graph.output]
+
+
+def _stamp(model: onnx.ModelProto, loaded: LoadedModel | None, spec: InputSpec, fold_report: FoldReport, exporter: str) -> None:
+    from wconv_deploy import __version__
+
+    fold_summary = {
+        "folded": [{"name": ly.name, "kind": ly.kind, "den": ly.den} for ly in fold_report.folded],
+        "fused_bn": len(fold_report.fused_bn),
+        "on_graph": bool(fold_report.deferred),
+    }
+    props = {
+        "wconv_deploy.version": __version__,
+        "wconv_deploy.source": loaded.path.name if loaded else "(in-memory module)",
+        "wconv_deploy.source_sha256": loaded.sha256 if loaded else "",
+        "wconv_deploy.input_spec": spec.to_json(),
+        "wconv_deploy.fold": json.dumps(fold_summary, separators=(",", ":")),
+        "wconv_deploy.exporter": exporter,
+        "wconv_deploy.torch_version": torch.__version__,
+    }
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    model.producer_name, model.producer_version = "wconv-deploy", __version__
+
+
+def default_output(model: str | os.PathLike[str]) -> Path:
+    """``MODEL``'s path with the suffix ``.onnx`` (``zoo:NAME`` gives ``NAME.onnx``)."""
+    text = os.fspath(model)
+    if text.startswith("zoo:"):
+        return Path(text[4:].split("?")[0] + ".onnx")
+    return Path(text).with_suffix(".onnx")
+
+
+def export_onnx(
+    model: str | os.PathLike[str] | nn.Module | LoadedModel,
+    output: str | os.PathLike[str] | None,
+    spec: InputSpec,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fold_bn: bool = False,
+    validate_output: bool = True,
+    inputs: str | os.PathLike[str] | None = None,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    trust_pickle: bool = False,
+    arch: str | None = None,
+    checkpoint_key: str | None = None,
+    progress: Progress | None = None,
+) -> ExportReport:
+    """Load ``model`` (a path, module or LoadedModel), fold it, export it to ``output`` as ONNX,
+    check the graph and validate it against the original in ONNX Runtime.
+
+    Raises :class:`InputError` for bad input or a failed export, :class:`MismatchError` when a
+    structural check or the validation fails. In both cases nothing is written at ``output``;
+    the validation report is still written to ``output + ".report.json"`` on a failed validation.
+    """
+    say = progress or (lambda _msg: None)
+    loaded = model if isinstance(model, LoadedModel) else None
+    if isinstance(model, (str, os.PathLike)):
+        say(f"loading {os.fspath(model)}")
+        loaded = load_model(model, trust_pickle=trust_pickle, arch=arch, checkpoint_key=checkpoint_key)
+    module = loaded.model if loaded is not None else model
+    assert isinstance(module, nn.Module)
+    out = Path(output) if output is not None else default_output(loaded.path if loaded else "model")
+    _check_writable(out)
+    if not 7 <= opset <= onnx.defs.onnx_opset_version():
+        raise InputError(f"--opset {opset}: this onnx supports opsets 7 to {onnx.defs.onnx_opset_version()}")
+
+    say("folding weighted convolutions" + (" and BatchNorm" if fold_bn else ""))
+    example = spec.example_inputs(seed=seed)
+    folded, fold_report = fold(loaded if loaded is not None else module, fold_bn=fold_bn, example_inputs=example, seed=seed)
+    scripted = isinstance(folded, torch.jit.ScriptModule)
+    if fold_report.deferred:  # fold() did not run the model; make sure it takes these inputs
+        _check_accepts(folded, example)
+        expected = _count_graph_convs(loaded) if loaded is not None else None
+    else:
+        expected = _count_conv_calls(folded, example)
+
+    with tempfile.TemporaryDirectory(prefix=".wconv-export-", dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        say("exporting with torch.onnx" + (" (TorchScript exporter)" if scripted else ""))
+        exporter = _torch_export(folded, spec, opset, raw, scripted)
+        onnx_model = onnx.load(os.fspath(raw))
+        say("folding constants on the graph and checking its structure")
+        graph_folded = fold_constants(onnx_model)
+        _name_outputs(onnx_model)
+        _stamp(onnx_model, loaded, spec, fold_report, exporter)
+        graph = check_graph(onnx_model, expected)
+        report = ExportReport(
+            output=os.fspath(out),
+            source=os.fspath(loaded.path) if loaded else type(module).__name__,
+            source_sha256=loaded.sha256 if loaded else None,
+            input_spec=spec,
+            opset=opset,
+            exporter=exporter,
+            fold=fold_report,
+            graph_folded_nodes=graph_folded,
+            graph=graph,
+        )
+        if not graph.passed:
+            raise MismatchError("the exported graph fails its structural checks: " + "; ".join(graph.problems))
+        staged = Path(tmp) / out.name
+        report.external_data = onnx_model.ByteSize() > PROTOBUF_LIMIT
+        onnx.save(
+            onnx_model,
+            os.fspath(staged),
+            save_as_external_data=report.external_data,
+            location=out.name + ".data",
+        )
+        if validate_output:
+            say(f"validating in onnxruntime against PyTorch ({len(spec.validation_shapes())} input shape(s))")
+            reference = loaded if loaded is not None else module
+            report.validation = validate(staged, reference, spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed)
+            report.validation.artifact = out.name
+            if not report.validation.passed:
+                write_text_atomic(_report_path(out), report_json(report.to_dict()))
+                report.validation.raise_for_failure()
+        report.size_bytes = staged.stat().st_size
+        _publish(staged, out, report.external_data)
+    write_text_atomic(_report_path(out), report_json(report.to_dict()))
+    return report
+
+
+def _report_path(out: Path) -> Path:
+    return out.with_name(out.name + ".report.json")
+
+
+def report_json(data: Any) -> str:
+    """JSON text for a report dict; infinities (a missing output, a shape mismatch) become strings."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not np.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(data), indent=2)
+
+
+def _check_writable(out: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise InputError(f"-o {out}: is a directory")
+    if not parent.is_dir():
+        raise InputError(f"-o {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"-o {out}: folder {parent} is not writable")
+
+
+def _publish(staged: Path, out: Path, external: bool) -> None:
+    """Move the finished file (and its external data) into place, each by an atomic rename."""
+    if external:
+        data = staged.with_name(out.name + ".data")
+        with atomic_output(out.with_name(out.name + ".data")) as tmp:
+            os.replace(data, tmp)
+    with atomic_output(out) as tmp:
+        os.replace(staged, tmp)
