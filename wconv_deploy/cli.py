@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from wconv_deploy import __version__
-from wconv_deploy.errors import MismatchError, WconvError
+from wconv_deploy.errors import InputError, MismatchError, WconvError
 
 
 class _Group(click.Group):
@@ -27,6 +27,11 @@ class _Group(click.Group):
             warnings.simplefilter("ignore")  # library warnings would break the one-line contract
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # click would print the usage text too; one line is the contract
+            if debug:
+                raise
+            click.echo(f"error: {e.format_message()} (see --help)", err=True)
+            ctx.exit(2)
         except WconvError as e:
             if debug:
                 raise
@@ -101,6 +106,137 @@ def demo(out_dir: Path) -> None:
 
     run_demo(out_dir, echo=click.echo)
     click.echo(f"demo finished; files in {out_dir}/")
+
+
+def _spec_options(f: Any) -> Any:
+    """--input-shape and --dynamic: parsed once into an InputSpec (wconv_deploy.spec)."""
+    f = click.option(
+        "--dynamic",
+        metavar="AXES",
+        help="Axes that vary: batch | batch,height,width | all | batch=1:64,height=32:512.",
+    )(f)
+    return click.option(
+        "--input-shape",
+        metavar="SPEC",
+        help="Input shape(s): 1x3x224x224 or x:1x3x224x224,mask:1x1x224x224 (optional :dtype).",
+    )(f)
+
+
+def _tolerance_options(f: Any) -> Any:
+    """Validation inputs and tolerances, shared by export and validate."""
+    from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL
+
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")(f)
+    f = click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance.")(f)
+    f = click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance.")(f)
+    f = click.option(
+        "--inputs",
+        type=click.Path(path_type=Path),
+        help="Also validate on these inputs: an .npz (one array per input name) or a folder of images.",
+    )(f)
+    return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
+
+
+def _progress(as_json: bool) -> Any:
+    """Progress lines on stdout (stderr is kept for the one-line error); none with --json."""
+    return None if as_json else (lambda msg: click.echo(f"... {msg}"))
+
+
+@cli.command()
+@_model_options
+@_spec_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write [MODEL.onnx].")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
+@click.option("--fold-bn", is_flag=True, help="Also fuse eval-mode Conv+BatchNorm pairs in PyTorch before export.")
+@click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch in ONNX Runtime.")
+@_tolerance_options
+def export(
+    model: str,
+    trust_pickle: bool,
+    arch: str | None,
+    checkpoint_key: str | None,
+    input_shape: str | None,
+    dynamic: str | None,
+    output: Path | None,
+    opset: int,
+    fold_bn: bool,
+    no_validate: bool,
+    inputs: Path | None,
+    atol: float,
+    rtol: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Fold MODEL, export it to ONNX, check the graph and validate it against PyTorch.
+
+    The file written holds only ordinary convolutions and passed every check; its validation
+    report is written beside it as OUTPUT.report.json.
+    """
+    from wconv_deploy.exporters.onnx import export_onnx, report_json
+    from wconv_deploy.spec import InputSpec
+
+    if not input_shape:
+        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
+    spec = InputSpec.parse(input_shape, dynamic)
+    report = export_onnx(
+        model,
+        output,
+        spec,
+        opset=opset,
+        fold_bn=fold_bn,
+        validate_output=not no_validate,
+        inputs=inputs,
+        atol=atol,
+        rtol=rtol,
+        seed=seed,
+        trust_pickle=trust_pickle,
+        arch=arch,
+        checkpoint_key=checkpoint_key,
+        progress=_progress(as_json),
+    )
+    click.echo(report_json(report.to_dict()) if as_json else report.render())
+
+
+@cli.command(name="validate")
+@click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, metavar="MODEL", help="The PyTorch model the ONNX file must match.")
+@click.option("--checkpoint-key", metavar="KEY", help="Entry of the reference's checkpoint dict to use.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
+@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the reference. Only for files you trust.")
+@_spec_options
+@_tolerance_options
+def validate_cmd(
+    onnx_file: Path,
+    reference: str,
+    checkpoint_key: str | None,
+    arch: str | None,
+    trust_pickle: bool,
+    input_shape: str | None,
+    dynamic: str | None,
+    inputs: Path | None,
+    atol: float,
+    rtol: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Check that the ONNX file computes what the PyTorch MODEL given as --reference computes.
+
+    Shapes come from the file's wconv-deploy metadata unless --input-shape is given.
+    """
+    from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.spec import InputSpec
+    from wconv_deploy.validate import validate
+
+    if not onnx_file.is_file():
+        raise InputError(f"{onnx_file} does not exist")
+    spec = InputSpec.parse(input_shape, dynamic) if input_shape else None
+    if dynamic and not input_shape:
+        raise InputError("--dynamic needs --input-shape")
+    ref = _load(reference, trust_pickle, arch, checkpoint_key)
+    report = validate(onnx_file, ref, spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed)
+    click.echo(report_json(report.to_dict()) if as_json else report.render())
+    if not report.passed:
+        raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
 
 
 def main() -> None:

@@ -1,0 +1,137 @@
+"""`wconv-deploy export` and `wconv-deploy validate` as users run them (a real process per call)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import assert_one_line_error, run_cli
+from torch import nn
+
+from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
+
+ARCH = """
+import torch
+from torch import nn
+from wconv_deploy.nn import WeightedConv2d
+
+
+class Branchy(nn.Module):
+    '''Data-dependent control flow: torch.export cannot trace it.'''
+
+    def __init__(self):
+        super().__init__()
+        self.conv = WeightedConv2d(3, 2, 3, [0.5])
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return -self.conv(x)
+
+
+def branchy():
+    return Branchy()
+"""
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        WeightedConv2d(3, 4, 3, [0.7]), nn.BatchNorm2d(4), nn.ReLU(), TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2)
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("export")
+    torch.save(_model(), d / "model.pt")
+    other = _model()
+    with torch.no_grad():
+        other[0].weight.mul_(1.01)  # a slightly different network: validation must notice
+    torch.save(other, d / "other.pt")
+    (d / "arch.py").write_text(textwrap.dedent(ARCH))
+    holder = nn.Module()
+    holder.conv = WeightedConv2d(3, 2, 3, [0.5])  # the state_dict Branchy expects
+    torch.save(holder.state_dict(), d / "branchy.pt")
+    return d
+
+
+def test_export_writes_a_checked_file_and_validate_agrees(work: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    r = run_cli("export", work / "model.pt", "-o", out, "--input-shape", "1x3x16x16", "--dynamic", "batch,height,width")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+    for needle in ("2 weighted layer(s) folded", "Conv 2", "passed: 3 input set(s)", f"wrote {out}"):
+        assert needle in r.stdout, (needle, r.stdout)
+    assert "... exporting" in r.stdout  # progress is shown
+    assert json.loads((tmp_path / "m.onnx.report.json").read_text())["validation"]["passed"] is True
+
+    np.savez(tmp_path / "x.npz", input=np.random.default_rng(0).standard_normal((3, 3, 20, 24)).astype(np.float32))
+    r = run_cli("validate", out, "--reference", work / "model.pt", "--inputs", tmp_path / "x.npz", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["passed"] is True
+    assert [c["label"] for c in report["cases"]][-1] == "x.npz"
+    assert report["worst"]["max_rel"] <= 1e-5
+
+    r = run_cli("validate", out, "--reference", work / "other.pt")
+    assert_one_line_error(r, 1, "does not compute what")
+    assert "FAIL" in r.stdout and "would pass with --atol" in r.stdout
+
+
+def test_export_json_and_default_output(work: Path, tmp_path: Path) -> None:
+    src = tmp_path / "net.pt"
+    src.write_bytes((work / "model.pt").read_bytes())
+    r = run_cli("export", src, "--input-shape", "2x3x8x8", "--fold-bn", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)  # nothing but JSON on stdout
+    assert report["output"] == str(tmp_path / "net.onnx") and (tmp_path / "net.onnx").is_file()
+    assert len(report["fold"]["fused_bn"]) == 1
+    assert report["graph"]["ops"] == {"Conv": 2, "Relu": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--input-shape", "1x3x"], ["--input-shape", "not a shape"]),
+        (["--input-shape", "1x5x16x16"], ["rejects", "[1, 5, 16, 16]", "channels"]),
+        (["--input-shape", "1x3x16x16", "--dynamic", "time"], ["no input has an axis named 'time'", "height"]),
+        (["--input-shape", "1x3x16x16", "-o", "{tmp}/missing/m.onnx"], ["does not exist"]),
+        (["--input-shape", "1x3x16x16", "-o", "{tmp}"], ["is a directory"]),
+        (["--input-shape", "1x3x16x16", "--opset", "3"], ["--opset 3"]),
+        ([], ["--input-shape is required"]),
+        (["--input-shape", "1x3x16x16", "--inputs", "{tmp}/none.npz"], ["does not exist"]),
+    ],
+)
+def test_export_bad_input_is_one_line_exit_2_and_no_file(work: Path, tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    out = ["-o", str(tmp_path / "m.onnx")] if "-o" not in args else []
+    r = run_cli("export", work / "model.pt", *out, *args)
+    assert_one_line_error(r, 2, *needles)
+    assert not list(tmp_path.rglob("*.onnx")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_export_failing_inside_torch_is_one_line(work: Path, tmp_path: Path) -> None:
+    r = run_cli(
+        "export",
+        work / "branchy.pt",
+        "--arch",
+        f"{work / 'arch.py'}:branchy",
+        "--input-shape",
+        "1x3x8x8",
+        "-o",
+        tmp_path / "b.onnx",
+    )
+    assert_one_line_error(r, 2, "torch.onnx.export failed", "data-dependent")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_bad_input(work: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "g.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    assert_one_line_error(run_cli("validate", garbage, "--reference", work / "model.pt"), 2, "g.onnx")
+    assert_one_line_error(run_cli("validate", tmp_path / "none.onnx", "--reference", work / "model.pt"), 2, "does not exist")
