@@ -157,6 +157,20 @@ def test_reference_models_export_plain_and_match(saved: Path, tmp_path: Path, na
     assert not (tmp_path / f"{name}.onnx.data").exists()  # one self-contained file
 
 
+def test_torchscript_exporter_gives_the_same_guarantees(saved: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ts.onnx"
+    spec = InputSpec.parse("1x3x16x16", "batch,height,width")
+    report = export_onnx(saved / "net2d.pt", out, spec, arch=f"{saved / 'nets.py'}:net2d", exporter="torchscript")
+    assert report.exporter == "torch.onnx (TorchScript)"
+    assert report.graph.passed and report.graph.conv_nodes == 4
+    _assert_no_weight_arithmetic(out)
+    dims = [d.dim_param or d.dim_value for d in onnx.load(out).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
+    with pytest.raises(InputError, match="--exporter"):
+        export_onnx(saved / "net2d.pt", out, spec, arch=f"{saved / 'nets.py'}:net2d", exporter="tflite")
+
+
 def test_full_pickle_of_reference_classes_needs_trust_for_user_blocks(
     saved: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

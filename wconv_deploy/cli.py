@@ -147,6 +147,13 @@ def _progress(as_json: bool) -> Any:
 @_spec_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write [MODEL.onnx].")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
+@click.option(
+    "--exporter",
+    type=click.Choice(["dynamo", "torchscript"]),
+    default="dynamo",
+    show_default=True,
+    help="torch.onnx exporter: torch.export-based, or the older TorchScript one (faster, deprecated by PyTorch).",
+)
 @click.option("--fold-bn", is_flag=True, help="Also fuse eval-mode Conv+BatchNorm pairs in PyTorch before export.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch in ONNX Runtime.")
 @_tolerance_options
@@ -159,6 +166,7 @@ def export(
     dynamic: str | None,
     output: Path | None,
     opset: int,
+    exporter: str,
     fold_bn: bool,
     no_validate: bool,
     inputs: Path | None,
@@ -183,6 +191,7 @@ def export(
         output,
         spec,
         opset=opset,
+        exporter=exporter,
         fold_bn=fold_bn,
         validate_output=not no_validate,
         inputs=inputs,

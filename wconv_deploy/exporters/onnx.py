@@ -1,8 +1,9 @@
 """Export a (folded) model to ONNX, check the graph's structure, stamp its provenance, validate it.
 
 :func:`export_onnx` is the pipeline behind ``wconv-deploy export``: load, fold (module level),
-export with ``torch.onnx`` (the torch.export-based exporter; TorchScript archives go through
-the TorchScript exporter, which is the only one that reads them), fold any remaining constant
+export with ``torch.onnx`` (by default the torch.export-based exporter; ``exporter="torchscript"``
+picks the older TorchScript-based one, several times faster but deprecated by PyTorch, and the
+only one that reads TorchScript archives), fold any remaining constant
 weight arithmetic on the graph, check the structure, write metadata, and validate the result
 against the original PyTorch model in ONNX Runtime. The file at ``output`` only ever holds a
 model that passed every check: the work happens on a temporary file beside it.
@@ -283,11 +284,14 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, scripted: bool) -> str:
+EXPORTERS = ("dynamo", "torchscript")
+
+
+def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, exporter: str) -> str:
     args = tuple(spec.example_inputs(spec.export_shapes()))
     try:
         with _quiet():
-            if scripted:
+            if exporter == "torchscript":
                 torch.onnx.export(
                     model,
                     args,
@@ -375,6 +379,7 @@ def export_onnx(
     spec: InputSpec,
     *,
     opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
     fold_bn: bool = False,
     validate_output: bool = True,
     inputs: str | os.PathLike[str] | None = None,
@@ -408,7 +413,12 @@ def export_onnx(
     say("folding weighted convolutions" + (" and BatchNorm" if fold_bn else ""))
     example = spec.example_inputs(seed=seed)
     folded, fold_report = fold(loaded if loaded is not None else module, fold_bn=fold_bn, example_inputs=example, seed=seed)
-    scripted = isinstance(folded, torch.jit.ScriptModule)
+    if exporter not in EXPORTERS:
+        raise InputError(f"--exporter {exporter!r}: choose {' or '.join(EXPORTERS)}")
+    if isinstance(folded, torch.jit.ScriptModule):
+        exporter = "torchscript"  # the only exporter that reads TorchScript
+    elif exporter == "torchscript" and loaded is not None and loaded.exported_program is not None:
+        raise InputError("--exporter torchscript cannot export a torch.export (.pt2) program; use dynamo")
     if fold_report.deferred:  # fold() did not run the model; make sure it takes these inputs
         _check_accepts(folded, example)
         expected = _count_graph_convs(loaded) if loaded is not None else None
@@ -417,13 +427,13 @@ def export_onnx(
 
     with tempfile.TemporaryDirectory(prefix=".wconv-export-", dir=out.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
-        say("exporting with torch.onnx" + (" (TorchScript exporter)" if scripted else ""))
-        exporter = _torch_export(folded, spec, opset, raw, scripted)
+        say(f"exporting with torch.onnx ({exporter} exporter)")
+        exporter_used = _torch_export(folded, spec, opset, raw, exporter)
         onnx_model = onnx.load(os.fspath(raw))
-        say("folding constants on the graph and checking its structure")
+        say("checking the graph (constant folding, onnx checker, shape inference, conv weights)")
         graph_folded = fold_constants(onnx_model)
         _name_outputs(onnx_model)
-        _stamp(onnx_model, loaded, spec, fold_report, exporter)
+        _stamp(onnx_model, loaded, spec, fold_report, exporter_used)
         graph = check_graph(onnx_model, expected)
         report = ExportReport(
             output=os.fspath(out),
@@ -431,7 +441,7 @@ def export_onnx(
             source_sha256=loaded.sha256 if loaded else None,
             input_spec=spec,
             opset=opset,
-            exporter=exporter,
+            exporter=exporter_used,
             fold=fold_report,
             graph_folded_nodes=graph_folded,
             graph=graph,
