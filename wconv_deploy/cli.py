@@ -183,6 +183,11 @@ def export(
     from wconv_deploy.exporters.onnx import export_onnx, report_json
     from wconv_deploy.spec import InputSpec
 
+    if not input_shape and model.startswith("zoo:"):
+        from wconv_deploy.zoo.registry import default_spec_args
+
+        input_shape, default_dynamic = default_spec_args(model)
+        dynamic = dynamic or default_dynamic
     if not input_shape:
         raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
     spec = InputSpec.parse(input_shape, dynamic)
@@ -246,6 +251,34 @@ def validate_cmd(
     click.echo(report_json(report.to_dict()) if as_json else report.render())
     if not report.passed:
         raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
+
+
+@cli.group()
+def zoo() -> None:
+    """The model zoo: the paper's networks and a trained denoiser (use as MODEL: zoo:NAME?k=v&...)."""
+
+
+@zoo.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def zoo_list(as_json: bool) -> None:
+    """List the zoo's models, their options and default input shapes."""
+    from wconv_deploy.table import format_table
+    from wconv_deploy.zoo import list_models
+
+    entries = list_models()
+    if as_json:
+        data = [
+            {"name": e.name, "description": e.description, "input_shape": e.input_shape, "dynamic": e.dynamic,
+             "options": {k: repr(v) for k, v in e.options().items()}}
+            for e in entries
+        ]  # fmt: skip
+        click.echo(json.dumps(data, indent=2))
+        return
+    rows = [[e.name, e.input_shape + (f" ({e.dynamic})" if e.dynamic else ""), e.description] for e in entries]
+    click.echo(format_table(["model", "input (dynamic)", "description"], rows))
+    click.echo("\noptions (zoo:NAME?option=value&...):")
+    for e in entries:
+        click.echo(f"  {e.name}: " + ", ".join(f"{k}={v!r}" for k, v in e.options().items()))
 
 
 def main() -> None:

@@ -470,6 +470,15 @@ def _pick_checkpoint_entry(ckpt: Mapping[str, Any], path: Path, key: str | None)
     )
 
 
+def _load_zoo(uri: str) -> LoadedModel:
+    from wconv_deploy.zoo.registry import create_model, get_entry, parse_zoo_uri, zoo_digest
+
+    name, kwargs = parse_zoo_uri(uri)
+    model = create_model(name, **kwargs).eval()
+    note = f"built from the zoo: {get_entry(name).description}"
+    return LoadedModel(model, "zoo", Path(uri), zoo_digest(uri, model), notes=[note])
+
+
 def load_model(
     source: str | os.PathLike[str],
     *,
@@ -486,7 +495,7 @@ def load_model(
     :data:`CHECKPOINT_KEYS` present). Raises :class:`InputError` for anything unusable.
     """
     if isinstance(source, str) and source.startswith("zoo:"):
-        raise InputError(f"{source}: no zoo models are registered in this version")
+        return _load_zoo(source)
     path = Path(source)
     if not path.exists():
         raise InputError(f"{path}: no such file")
