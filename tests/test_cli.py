@@ -157,10 +157,18 @@ def test_hostile_pickle_does_not_run(tmp_path: Path) -> None:
     assert "system" in r.stderr
 
 
-def test_demo_runs(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    from PIL import Image
+
     r = run_cli("demo", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "out" / "demo_model.pt").is_file()
-    assert (tmp_path / "out" / "demo_model.folded.pt").is_file()
-    assert "folds cleanly: yes" in r.stdout
-    assert not list((tmp_path / "out").glob(".*.tmp")), "a temporary file was left behind"
+    assert r.stderr == ""
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["denoised_side_by_side.png", "denoiser.onnx", "denoiser.onnx.report.json"]
+    with Image.open(out / "denoised_side_by_side.png") as png:
+        assert png.width > 3 * 256 and png.height > 256
+    psnr = {line.split()[1]: float(line.split()[-2]) for line in r.stdout.splitlines() if line.strip().startswith("PSNR")}
+    assert set(psnr) == {"noisy", "PyTorch", "ONNX"}
+    assert psnr["PyTorch"] == pytest.approx(psnr["ONNX"], abs=0.01)
+    assert psnr["PyTorch"] > psnr["noisy"] + 5
+    assert "latency" in r.stdout and "demo finished" in r.stdout

@@ -135,3 +135,17 @@ def test_validate_bad_input(work: Path, tmp_path: Path) -> None:
     garbage.write_bytes(b"not a protobuf at all")
     assert_one_line_error(run_cli("validate", garbage, "--reference", work / "model.pt"), 2, "g.onnx")
     assert_one_line_error(run_cli("validate", tmp_path / "none.onnx", "--reference", work / "model.pt"), 2, "does not exist")
+
+
+def test_zoo_list_and_export_with_the_zoo_defaults(tmp_path: Path) -> None:
+    r = run_cli("zoo", "list")
+    assert r.returncode == 0, r.stderr
+    for name in ("vgg16_cifar", "resnet18_cifar", "dncnn", "nafnet", "denoiser"):
+        assert name in r.stdout
+    out = tmp_path / "small.onnx"
+    r = run_cli("export", "zoo:dncnn?depth=4&width=8", "-o", out, "--json")  # no --input-shape: the zoo's default
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["input_spec"]["inputs"][0]["dims"][2] == ["height", 32, 64, 128]
+    assert report["validation"]["passed"] is True and out.is_file()
+    assert_one_line_error(run_cli("export", "zoo:dncnn?colour=2", "-o", out), 2, "unknown option(s) colour")

@@ -1,75 +1,119 @@
-"""`wconv-deploy demo`: the pipeline so far, end to end, on a small built-in network.
+"""`wconv-deploy demo`: the whole toolkit on the bundled trained denoiser and a real photograph.
 
-Builds a small denoiser-shaped network from weighted convolutions (fixed and trainable density,
-BatchNorm), saves it the way users do (``torch.save(model)``), loads it back through the safe
-loader, inspects it, folds it (Conv+BN fused), writes the folded model and reads it back.
+No arguments and no network: take the trained weighted DnCNN shipped in the package, fold and
+export it to ONNX (checked and validated against PyTorch), denoise the shipped photograph with
+PyTorch and with ONNX Runtime, compare their PSNR and latency, and write the ONNX file and a
+side-by-side PNG (noisy | PyTorch | ONNX Runtime) to the output folder.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
+from wconv_deploy.errors import MismatchError
+from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.fileio import atomic_output
-from wconv_deploy.fold import fold, relative_error
-from wconv_deploy.inspection import inspect_model
 from wconv_deploy.loading import load_model
-from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
+from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
+from wconv_deploy.spec import InputSpec
+from wconv_deploy.zoo.denoisers import DENOISER_SIGMA, NOISE_SEED, add_gaussian_noise, demo_image, denoiser_record, psnr
+
+#: PyTorch and ONNX Runtime denoise the same image; their PSNRs may differ by float rounding only.
+PSNR_AGREEMENT_DB = 0.01
 
 
-def demo_network(width: int = 16, depth: int = 5, seed: int = 0) -> nn.Sequential:
-    """A DnCNN-shaped stack: wConv 3x3 + ReLU, (wConv 5x5 + BN + ReLU) x depth-2, trainable wConv 3x3 out."""
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = [WeightedConv2d(1, width, 3, [0.9]), nn.ReLU()]
-    for _ in range(depth - 2):
-        layers += [WeightedConv2d(width, width, 5, [0.3, 0.8], padding=2), nn.BatchNorm2d(width), nn.ReLU()]
-    layers.append(TrainableWeightedConv2d(width, 1, 3, den=[0.7], bias=True))
-    model = nn.Sequential(*layers)
-    with torch.no_grad():  # BatchNorm statistics as if trained, so the fusion has work to do
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                assert m.running_mean is not None and m.running_var is not None  # track_running_stats
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model.eval()
+def median_ms(fn: Callable[[], Any], runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
-def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> Path:
-    """Run the demo, writing into ``out_dir``; returns the folded model's path."""
+def side_by_side(images: list[np.ndarray], labels: list[str], path: Path) -> None:
+    """Write grayscale images in [0, 1] next to each other, each with a caption, as one PNG."""
+    from PIL import Image, ImageDraw
+
+    h, w = images[0].shape
+    bar, gap = 22, 8
+    canvas = Image.new("L", (len(images) * w + (len(images) - 1) * gap, h + bar), color=255)
+    draw = ImageDraw.Draw(canvas)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        x = i * (w + gap)
+        canvas.paste(Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)), (x, bar))
+        draw.text((x + 4, 5), label, fill=0)
+    with atomic_output(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> dict[str, float]:
+    """Run the demo, writing into ``out_dir``; returns the PSNRs and latencies it printed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    source, target = out_dir / "demo_model.pt", out_dir / "demo_model.folded.pt"
+    record = denoiser_record()
+    echo("[1/4] the bundled denoiser: weighted DnCNN (8 layers x 32 channels, grayscale), trained on")
+    echo(f"      scikit-image photographs with Gaussian noise sigma {DENOISER_SIGMA:g} (benchmarks/train_denoiser.py)")
+    loaded = load_model("zoo:denoiser")
 
-    echo("[1/4] building a small weighted-convolution network (random weights; a trained one comes with the model zoo)")
-    with atomic_output(source) as tmp:
-        torch.save(demo_network(), tmp)
-    echo(f"      saved with torch.save(model) -> {source}")
-
-    echo("[2/4] loading it with the safe (weights-only) loader and inspecting it")
-    loaded = load_model(source)
-    echo(inspect_model(loaded).render())
-
-    echo("[3/4] folding weighted convolutions and BatchNorm into plain convolutions")
-    folded, report = fold(loaded, fold_bn=True)
-    x = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        err = relative_error(folded(x), loaded.model(x))
-    convs = sum(isinstance(m, nn.Conv2d) for m in folded.modules())
+    onnx_path = out_dir / "denoiser.onnx"
+    echo(f"[2/4] folding, exporting and validating -> {onnx_path}")
+    spec = InputSpec.parse("1x1x256x256", "batch,height,width")
+    report = export_onnx(loaded, onnx_path, spec, progress=lambda msg: echo(f"      ... {msg}"))
+    assert report.validation is not None
     echo(
-        f"      {len(report.folded)} weighted layers folded, {len(report.fused_bn)} BatchNorms fused, "
-        f"{convs} nn.Conv2d left; rel error on a 64x64 image {err:.1e}"
+        f"      {len(report.fold.folded)} weighted layers folded; graph: {report.graph.conv_nodes} Conv, "
+        f"no weight arithmetic; ONNX Runtime vs PyTorch worst max rel error {report.validation.worst['max_rel']:.1e}"
     )
 
-    echo("[4/4] writing the folded model")
-    with atomic_output(target) as tmp:
-        torch.save(folded, tmp)
-    reread = load_model(target).model
+    echo("[3/4] denoising a real photograph (scikit-image 'camera', CC0, 256x256) with both runtimes")
+    clean = demo_image()
+    noisy = add_gaussian_noise(clean, DENOISER_SIGMA, NOISE_SEED)[None, None]
     with torch.no_grad():
-        err = relative_error(reread(x), loaded.model(x))
-    kinds = ", ".join(sorted({type(m).__name__ for m in reread.children()}))
-    echo(f"      {target}: only torch.nn layers ({kinds}); read back, rel error {err:.1e}")
-    return target
+        by_torch = loaded.model(noisy)
+    ort = OnnxRuntime(onnx_path)
+    feed = {"input": noisy.numpy()}
+    by_ort = torch.from_numpy(ort.run(feed)[0])
+    result = {
+        "psnr_noisy": psnr(noisy[0, 0], clean),
+        "psnr_torch": psnr(by_torch[0, 0], clean),
+        "psnr_ort": psnr(by_ort[0, 0], clean),
+    }
+    echo(f"      PSNR noisy        {result['psnr_noisy']:6.2f} dB")
+    echo(f"      PSNR PyTorch      {result['psnr_torch']:6.2f} dB")
+    echo(f"      PSNR ONNX Runtime {result['psnr_ort']:6.2f} dB")
+    plain = record["psnr_db"]["plain"].get("camera_256 (demo)")
+    if plain is not None:
+        echo(f"      (the same network with plain convolutions, trained identically: {plain:.2f} dB)")
+    if abs(result["psnr_torch"] - result["psnr_ort"]) > PSNR_AGREEMENT_DB:
+        raise MismatchError(f"PyTorch and ONNX Runtime PSNRs differ by more than {PSNR_AGREEMENT_DB} dB")
+
+    with torch.no_grad():
+        result["ms_torch"] = median_ms(lambda: loaded.model(noisy))
+    result["ms_ort"] = median_ms(lambda: ort.run(feed))
+    echo(
+        f"      latency, 1x1x256x256, median of 20 on this CPU: PyTorch eager (unfolded) {result['ms_torch']:.1f} ms, "
+        f"ONNX Runtime {result['ms_ort']:.1f} ms"
+    )
+
+    png = out_dir / "denoised_side_by_side.png"
+    echo(f"[4/4] writing {png} (noisy | PyTorch | ONNX Runtime)")
+    side_by_side(
+        [noisy[0, 0].numpy(), by_torch[0, 0].numpy(), by_ort[0, 0].numpy()],
+        [
+            f"noisy, {result['psnr_noisy']:.2f} dB",
+            f"PyTorch, {result['psnr_torch']:.2f} dB",
+            f"ONNX Runtime, {result['psnr_ort']:.2f} dB",
+        ],
+        png,
+    )
+    return result
