@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # The CPU build of torch sits on these machines' local index; an unpinned torch would pull a
 # multi-GB CUDA build. Users with GPUs install their own torch first; we install it only if absent.
 TORCH_CPU := torch==2.13.0
-EXTRAS := dev
+# Every extra that installs on a CPU-only machine (gpu would conflict with cpu: same module).
+EXTRAS := dev,cpu
 
 .PHONY: demo test lint typecheck clean
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -149,3 +151,20 @@ def test_zoo_list_and_export_with_the_zoo_defaults(tmp_path: Path) -> None:
     assert report["input_spec"]["inputs"][0]["dims"][2] == ["height", 32, 64, 128]
     assert report["validation"]["passed"] is True and out.is_file()
     assert_one_line_error(run_cli("export", "zoo:dncnn?colour=2", "-o", out), 2, "unknown option(s) colour")
+
+
+def test_missing_onnxruntime_is_one_line_naming_the_extra(work: Path, tmp_path: Path) -> None:
+    """A user who installed neither extra gets told which to install; nothing is written."""
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"  # what an absent package looks like to import
+        "from wconv_deploy.cli import main; main()"
+    )
+    out = tmp_path / "m.onnx"
+    r = subprocess.run(
+        [sys.executable, "-c", code, "export", str(work / "model.pt"), "--input-shape", "1x3x8x8", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_one_line_error(r, 2, "onnxruntime is not installed", "wconv-deploy[cpu]", "[gpu]")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

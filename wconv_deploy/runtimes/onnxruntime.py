@@ -15,7 +15,12 @@ class OnnxRuntime(Runtime):
     """An ``onnxruntime.InferenceSession`` on ``path`` with the given execution providers."""
 
     def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise InputError(
+                "onnxruntime is not installed: pip install 'wconv-deploy[cpu]' (or [gpu] for the CUDA build)"
+            ) from None
 
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
