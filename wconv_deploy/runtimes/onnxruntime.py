@@ -1,39 +1,73 @@
-"""ONNX Runtime sessions (CPU by default) behind the :class:`Runtime` interface."""
+"""ONNX Runtime sessions behind the :class:`Runtime` interface: CPU, CUDA (IOBinding, inputs
+already on the device) and the TensorRT execution provider."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from wconv_deploy.errors import InputError
-from wconv_deploy.runtimes.base import Runtime
+from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name
+
+#: Runtime name -> the execution providers it asks for, in order of preference.
+PROVIDERS = {
+    "ort-cpu": ("CPUExecutionProvider",),
+    "ort-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "ort-trt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+}
+
+
+def import_ort() -> Any:
+    """The onnxruntime module, or a one-line InputError naming the extras that provide it."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InputError("onnxruntime is not installed: pip install 'wconv-deploy[cpu]' (or [gpu] for the CUDA build)") from None
+    return ort
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why the ONNX Runtime flavour ``name`` cannot run here, or None if it can."""
+    try:
+        ort = import_ort()
+    except InputError as e:
+        return str(e)
+    first = PROVIDERS[name][0]
+    if first not in ort.get_available_providers():
+        return f"this onnxruntime has no {first} (has: {', '.join(ort.get_available_providers())})"
+    return None
 
 
 class OnnxRuntime(Runtime):
-    """An ``onnxruntime.InferenceSession`` on ``path`` with the given execution providers."""
+    """An ``onnxruntime.InferenceSession`` on ``path``.
 
-    def __init__(self, path: str | os.PathLike[str], providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise InputError(
-                "onnxruntime is not installed: pip install 'wconv-deploy[cpu]' (or [gpu] for the CUDA build)"
-            ) from None
+    ``providers`` may be a runtime name from :data:`PROVIDERS` or a list of provider names. With
+    a CUDA provider, inputs are copied to the device once per ``run`` through IOBinding and the
+    outputs are bound on the device, as a serving loop would do; ``threads`` sets the intra-op
+    thread count (0: ONNX Runtime's default)."""
 
-        missing = [p for p in providers if p not in ort.get_available_providers()]
-        if missing:
+    def __init__(self, path: str | os.PathLike[str], providers: str | Sequence[str] = "ort-cpu", *, threads: int = 0) -> None:
+        ort = import_ort()
+        self.name = providers if isinstance(providers, str) else "ort"
+        wanted = list(PROVIDERS[providers] if isinstance(providers, str) else providers)
+        if wanted[0] not in ort.get_available_providers():
             raise InputError(
-                f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(ort.get_available_providers())})"
+                f"{self.name}: this onnxruntime has no {wanted[0]} (has: {', '.join(ort.get_available_providers())})"
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings would break one-line output
+        if threads:
+            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
+            self.session = ort.InferenceSession(os.fspath(path), options, providers=wanted)
         except Exception as e:  # ORT raises its own exception types for unreadable or invalid models
             raise InputError(f"onnxruntime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
-        self.name = "onnxruntime-" + providers[0].removesuffix("ExecutionProvider").lower()
+        self.providers = self.session.get_providers()
+        self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._ort = ort
 
     @property
     def input_names(self) -> list[str]:
@@ -44,4 +78,23 @@ class OnnxRuntime(Runtime):
         return [o.name for o in self.session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self.session.run(None, dict(feeds))]
+        if not self.on_gpu:
+            return [np.asarray(o) for o in self.session.run(None, dict(feeds))]
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return [np.asarray(v) for v in binding.copy_outputs_to_cpu()]
+
+    def describe(self) -> RuntimeInfo:
+        device = cpu_name()
+        if self.on_gpu:
+            try:
+                import torch
+
+                device = torch.cuda.get_device_name(0)
+            except Exception:  # no torch CUDA build: name the provider instead
+                device = "CUDA device 0"
+        return RuntimeInfo(self.name, device, "fp32", {"onnxruntime": self._ort.__version__})

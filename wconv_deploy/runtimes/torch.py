@@ -1,28 +1,45 @@
-"""PyTorch eager (or TorchScript) models behind the :class:`Runtime` interface."""
+"""PyTorch (eager, optionally ``torch.compile``) behind the :class:`Runtime` interface."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from wconv_deploy.runtimes.base import Runtime, outputs_of
+from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, outputs_of
 
 
 class TorchRuntime(Runtime):
-    """Calls ``model(*inputs)`` in eval mode under ``torch.no_grad`` on ``device``."""
+    """Calls ``model(*inputs)`` in eval mode under ``torch.inference_mode`` on ``device``.
 
-    def __init__(self, model: nn.Module, input_names: Sequence[str], device: str = "cpu") -> None:
+    ``compile=True`` wraps the model in ``torch.compile`` (compiled on the first call, which the
+    benchmark's warm-up absorbs). ``dtype`` runs in that precision (inputs cast, outputs cast back
+    to float32 for comparison)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_names: Sequence[str],
+        device: str = "cpu",
+        *,
+        compile: bool = False,
+        dtype: torch.dtype = torch.float32,
+        label: str | None = None,
+    ) -> None:
         try:
             model = model.eval()
         except NotImplementedError:  # a torch.export program's module keeps the mode it was exported in
             pass
-        self.model = model.to(device)
         self.device = torch.device(device)
+        self.dtype = dtype
+        model = model.to(self.device, dtype) if dtype != torch.float32 else model.to(self.device)
+        self.model: Callable[..., Any] = torch.compile(model) if compile else model
         self._input_names = list(input_names)
-        self.name = f"torch-{self.device.type}"
+        self.compiled = compile
+        self.name = label or ("torch-compile" if compile else "torch")
 
     @property
     def input_names(self) -> list[str]:
@@ -30,6 +47,20 @@ class TorchRuntime(Runtime):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._input_names]
-        with torch.no_grad():
+        if self.dtype != torch.float32:
+            args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+        with torch.inference_mode():
             result = self.model(*args)
-        return [t.detach().cpu().numpy() for t in outputs_of(result)]
+        return [t.detach().float().cpu().numpy() for t in outputs_of(result)]
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self) -> RuntimeInfo:
+        from wconv_deploy.runtimes.base import cpu_name
+
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
+        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
+        mode = "compiled" if self.compiled else "eager"
+        return RuntimeInfo(self.name, device, f"{precision} {mode}", {"torch": torch.__version__})
