@@ -253,6 +253,94 @@ def validate_cmd(
         raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
 
 
+DEFAULT_BENCH_RUNTIMES = "torch,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,openvino,openvino-bf16"
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
+    return values
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
+@click.option("--runtimes", default=DEFAULT_BENCH_RUNTIMES, show_default=True, help="Comma-separated runtimes to time.")
+@_spec_options
+@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
+@click.option("--warmup-ms", type=float, default=200, show_default=True, help="Warm-up time per runtime and batch.")
+@click.option("--iterations", type=int, default=20, show_default=True, help="Minimum timed calls.")
+@click.option("--min-duration-s", type=float, default=1.0, show_default=True, help="Minimum timed duration.")
+@click.option("--threads", type=int, default=0, help="CPU threads for every runtime (default: each runtime's own).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG plot here.")
+@click.option("--checkpoint-key", metavar="KEY", help="Entry of a checkpoint dict to use.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the PyTorch model's architecture with this callable.")
+@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the PyTorch model. Only for files you trust.")
+def bench(
+    artifacts: tuple[str, ...],
+    runtimes: str,
+    input_shape: str | None,
+    dynamic: str | None,
+    batches: str,
+    warmup_ms: float,
+    iterations: int,
+    min_duration_s: float,
+    threads: int,
+    json_out: Path | None,
+    plot_out: Path | None,
+    checkpoint_key: str | None,
+    arch: str | None,
+    trust_pickle: bool,
+) -> None:
+    """Time runtimes side by side on identical inputs: ARTIFACT is an ONNX file and/or a PyTorch
+    model (file or zoo:NAME; it is the fp32 reference, and is exported if no ONNX file is given)."""
+    from wconv_deploy.bench import run_bench
+    from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.fileio import write_text_atomic
+    from wconv_deploy.spec import InputSpec
+    from wconv_deploy.validate import spec_from_onnx
+
+    onnx_files = [a for a in artifacts if a.lower().endswith(".onnx")]
+    models = [a for a in artifacts if a not in onnx_files]
+    if len(onnx_files) > 1 or len(models) > 1:
+        raise InputError("give at most one ONNX file and one PyTorch model")
+    for f in onnx_files:
+        if not Path(f).is_file():
+            raise InputError(f"{f} does not exist")
+    model = _load(models[0], trust_pickle, arch, checkpoint_key).model if models else None
+    if input_shape:
+        spec = InputSpec.parse(input_shape, dynamic)
+    elif onnx_files:
+        spec = spec_from_onnx(onnx_files[0])
+    elif models and models[0].startswith("zoo:"):
+        from wconv_deploy.zoo.registry import default_spec_args
+
+        spec = InputSpec.parse(default_spec_args(models[0])[0], dynamic)
+    else:
+        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
+    report = run_bench(
+        runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
+        spec=spec,
+        model=model,
+        onnx_path=onnx_files[0] if onnx_files else None,
+        batches=_int_list(batches, "--batch"),
+        warmup_ms=warmup_ms,
+        iterations=iterations,
+        min_duration_s=min_duration_s,
+        threads=threads,
+        progress=lambda msg: click.echo(f"... {msg}"),
+    )
+    click.echo(report.render())
+    if json_out:
+        write_text_atomic(json_out, report_json(report.to_dict()))
+        click.echo(f"wrote {json_out}")
+    if plot_out:
+        report.plot(plot_out)
+        click.echo(f"wrote {plot_out}")
+
+
 @cli.group()
 def zoo() -> None:
     """The model zoo: the paper's networks and a trained denoiser (use as MODEL: zoo:NAME?k=v&...)."""

@@ -1,0 +1,150 @@
+"""The latency harness: statistics on known samples, every available runtime agreeing with torch,
+unavailable runtimes reported (not crashed on), wrong runtimes flagged, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import assert_one_line_error, run_cli
+
+from wconv_deploy.bench import BenchReport, BenchRow, error_limit, latency_stats, percentile, run_bench, time_calls
+from wconv_deploy.errors import InputError
+from wconv_deploy.exporters.onnx import export_onnx
+from wconv_deploy.runtimes import RUNTIMES, create_runtime, unavailable_reason
+from wconv_deploy.spec import InputSpec
+from wconv_deploy.zoo import create_model, get_entry
+
+ONNX_RUNTIMES = [name for name, needs in RUNTIMES.items() if needs == "onnx"]
+
+
+def test_statistics_on_known_samples() -> None:
+    seconds = [i / 1000 for i in range(1, 101)]  # 1 ms .. 100 ms
+    s = latency_stats(seconds, batch=4)
+    assert (s.iterations, s.min_ms, s.max_ms) == (100, pytest.approx(1.0), pytest.approx(100.0))
+    assert s.mean_ms == pytest.approx(50.5) and s.median_ms == pytest.approx(50.5)
+    assert (s.p90_ms, s.p95_ms, s.p99_ms) == (pytest.approx(90.0), pytest.approx(95.0), pytest.approx(99.0))
+    assert s.cv == pytest.approx(statistics.pstdev(range(1, 101)) / 50.5)
+    assert s.throughput == pytest.approx(4 / 0.0505)
+    flat = latency_stats([0.002] * 5, batch=1)
+    assert flat.cv == 0 and flat.p99_ms == pytest.approx(2.0) and flat.throughput == pytest.approx(500.0)
+    assert percentile([1.0, 2.0, 3.0], 50) == 2.0 and percentile([1.0, 2.0, 3.0], 0) == 1.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_time_calls_honours_iterations_and_warmup() -> None:
+    calls = []
+    times = time_calls(lambda: calls.append(1), warmup_ms=0, iterations=7, min_duration_s=0)
+    assert len(times) == 7 and len(calls) == 8  # one warm-up call at least, then the timed ones
+    assert all(t >= 0 for t in times)
+
+
+def test_error_limits_follow_precision() -> None:
+    assert error_limit("fp32 eager") == 1e-4 and error_limit("bf16") == 5e-2 and error_limit("fp16 compiled") == 5e-2
+    assert BenchRow("x", "cpu", "fp32", 1, max_rel_error=1e-3).wrong
+    assert not BenchRow("x", "cpu", "bf16", 1, max_rel_error=1e-3).wrong
+    assert not BenchRow("x", "cpu", "fp32", 1).wrong  # no reference: nothing to judge
+
+
+@pytest.mark.parametrize("name", ["vgg16_cifar", "resnet18_cifar", "dncnn", "nafnet"])
+def test_every_available_runtime_matches_torch_on_zoo_models(tmp_path: Path, name: str) -> None:
+    model = create_model(name).eval()
+    spec = InputSpec.parse(get_entry(name).input_shape)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(model, onnx_path, spec, exporter="torchscript", validate_output=False)  # fast; dynamo is tested elsewhere
+    feeds = {"input": spec.example_inputs(seed=3)[0].numpy()}
+    expected = create_runtime("torch", model=model).run(feeds)[0]
+    ran = []
+    for runtime in ONNX_RUNTIMES:
+        if unavailable_reason(runtime):
+            continue
+        rt = create_runtime(runtime, onnx_path=onnx_path)
+        out = rt.run(feeds)[0]
+        err = float(abs(out - expected).max() / abs(expected).max())
+        assert err <= error_limit(rt.describe().precision), (runtime, err)
+        ran.append(runtime)
+    assert {"ort-cpu", "openvino"} <= set(ran)  # installed by make test
+
+
+def test_run_bench_reports_unavailable_runtimes_and_flags_wrong_ones(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("dncnn", depth=3, width=8).eval()
+    other = create_model("dncnn", depth=3, width=8).eval()  # different random weights
+    spec = InputSpec.parse("1x1x16x16")
+    fast = {"warmup_ms": 0, "iterations": 3, "min_duration_s": 0}
+    names = [r for r in RUNTIMES if "compile" not in r]  # torch.compile takes minutes on 2 cores
+    report = run_bench(runtimes=names, spec=spec, model=model, batches=[1, 2], **fast)
+    assert len(report.rows) == 2 * len(names)
+    for row in report.rows:
+        if unavailable_reason(row.runtime):
+            continue
+        assert row.unavailable is None and row.stats is not None and row.stats.iterations >= 3, row
+        assert not row.wrong, row
+    missing = [r for r in report.rows if r.unavailable]
+    assert all(unavailable_reason(r.runtime) == r.unavailable for r in missing)
+    text = report.render()
+    for r in missing:
+        assert f"{r.runtime}: {r.unavailable}" in text
+    json.dumps(report.to_dict())
+
+    onnx_path = tmp_path / "other.onnx"
+    export_onnx(other, onnx_path, spec.with_dynamic("batch"), exporter="torchscript", validate_output=False)
+    wrong = run_bench(runtimes=["torch", "ort-cpu"], spec=spec, model=model, onnx_path=onnx_path, **fast)
+    by_name = {r.runtime: r for r in wrong.rows}
+    assert by_name["ort-cpu"].wrong and not by_name["torch"].wrong
+    assert "fastest correct runtime at batch 1 on this device: torch" in wrong.render()
+    assert "WRONG" in wrong.render()
+
+
+def test_static_batch_artifact_fails_its_row_only(tmp_path: Path) -> None:
+    model = create_model("dncnn", depth=3, width=8).eval()
+    spec = InputSpec.parse("1x1x16x16")
+    onnx_path = tmp_path / "static.onnx"
+    export_onnx(model, onnx_path, spec, exporter="torchscript", validate_output=False)
+    report = run_bench(
+        runtimes=["ort-cpu"], spec=spec, onnx_path=onnx_path, batches=[1, 3], warmup_ms=0, iterations=2, min_duration_s=0
+    )
+    ok, failed = report.rows
+    assert ok.stats is not None and failed.unavailable is not None and "batch 3" in failed.unavailable
+    assert report.reference.startswith("ONNX Runtime CPU")
+
+
+def test_plot_needs_measurements(tmp_path: Path) -> None:
+    report = BenchReport([BenchRow("ort-cuda", "-", "-", 1, unavailable="no GPU")], {}, {}, "nothing")
+    with pytest.raises(InputError, match="nothing was measured"):
+        report.plot(tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_bench_cli_table_json_and_plot(tmp_path: Path) -> None:
+    from PIL import Image
+
+    r = run_cli(
+        "bench", "zoo:dncnn?depth=3&width=8", "--runtimes", "torch,ort-cpu,openvino,ort-cuda", "--batch", "1,2",
+        "--input-shape", "1x1x16x16", "--warmup-ms", "0", "--iterations", "3", "--min-duration-s", "0",
+        "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "device: " in r.stdout and "fastest correct runtime at batch 2" in r.stdout
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert {row["runtime"] for row in data["rows"]} == {"torch", "ort-cpu", "openvino", "ort-cuda"}
+    assert data["environment"]["versions"]["torch"] == torch.__version__
+    with Image.open(tmp_path / "b.png") as png:
+        assert png.width > 100
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--runtimes", "torch,tflite"], "unknown runtime(s) tflite"),
+        (["--batch", "1,x"], "--batch"),
+        (["--batch", "0"], "positive"),
+    ],
+)
+def test_bench_cli_bad_input(args: list[str], needle: str) -> None:
+    r = run_cli("bench", "zoo:dncnn?depth=3&width=8", "--input-shape", "1x1x16x16", *args)
+    assert_one_line_error(r, 2, needle)
