@@ -15,6 +15,7 @@ $(VENV)/.stamp: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps "tensorrt-stubs>=10"  # types only; its deps are NVIDIA-hosted
 	touch $@
 
 demo: $(VENV)/.stamp

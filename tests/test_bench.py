@@ -12,6 +12,7 @@ import torch
 from test_cli import assert_one_line_error, run_cli
 
 from wconv_deploy.bench import BenchReport, BenchRow, error_limit, latency_stats, percentile, run_bench, time_calls
+from wconv_deploy.cli import DEFAULT_BENCH_RUNTIMES
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.runtimes import RUNTIMES, create_runtime, unavailable_reason
@@ -124,14 +125,18 @@ def test_bench_cli_table_json_and_plot(tmp_path: Path) -> None:
     from PIL import Image
 
     r = run_cli(
-        "bench", "zoo:dncnn?depth=3&width=8", "--runtimes", "torch,ort-cpu,openvino,ort-cuda", "--batch", "1,2",
+        "bench", "zoo:dncnn?depth=3&width=8", "--batch", "1,2",
         "--input-shape", "1x1x16x16", "--warmup-ms", "0", "--iterations", "3", "--min-duration-s", "0",
         "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "device: " in r.stdout and "fastest correct runtime at batch 2" in r.stdout
     data = json.loads((tmp_path / "b.json").read_text())
-    assert {row["runtime"] for row in data["rows"]} == {"torch", "ort-cpu", "openvino", "ort-cuda"}
+    assert {row["runtime"] for row in data["rows"]} == set(DEFAULT_BENCH_RUNTIMES.split(","))
+    for row in data["rows"]:  # what cannot run here is reported with its reason, not crashed on
+        assert (row["stats"] is None) == (row["unavailable"] is not None), row
+        if row["unavailable"]:
+            assert f"{row['runtime']}: {row['unavailable']}" in r.stdout
     assert data["environment"]["versions"]["torch"] == torch.__version__
     with Image.open(tmp_path / "b.png") as png:
         assert png.width > 100
@@ -148,3 +153,48 @@ def test_bench_cli_table_json_and_plot(tmp_path: Path) -> None:
 def test_bench_cli_bad_input(args: list[str], needle: str) -> None:
     r = run_cli("bench", "zoo:dncnn?depth=3&width=8", "--input-shape", "1x1x16x16", *args)
     assert_one_line_error(r, 2, needle)
+
+
+def test_tensorrt_runtime_says_why_it_cannot_run(tmp_path: Path) -> None:
+    reason = unavailable_reason("trt")
+    if reason is None:
+        pytest.skip("TensorRT and a GPU are present; the GPU test below covers them")
+    assert "tensorrt" in reason.lower() or "cuda" in reason.lower()
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(InputError, match="trt: "):
+        create_runtime("trt", engine_path=engine)
+    assert_one_line_error(run_cli("bench", engine, "--runtimes", "trt", "--input-shape", "1x1x16x16"), 2, "trt: ")
+    assert_one_line_error(run_cli("bench", tmp_path / "missing.plan", "--input-shape", "1x1x16x16"), 2, "does not exist")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(unavailable_reason("trt") is not None, reason=str(unavailable_reason("trt")))
+def test_tensorrt_engine_matches_torch(tmp_path: Path) -> None:  # pragma: no cover - needs TensorRT and CUDA
+    import tensorrt as trt
+
+    model = create_model("dncnn", depth=4, width=16).eval()
+    spec = InputSpec.parse("1x1x32x32")
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(model, onnx_path, spec, validate_output=False)
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(onnx_path.read_bytes())
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    engine = tmp_path / "m.plan"
+    engine.write_bytes(bytes(plan))
+    report = run_bench(
+        runtimes=["trt", "trt-graph"], spec=spec, model=model, engine_path=engine, warmup_ms=0, iterations=5, min_duration_s=0
+    )
+    for row in report.rows:
+        assert row.stats is not None and row.device_stats is not None and not row.wrong, row
+
+
+def test_a_runtime_asked_for_by_name_must_run() -> None:
+    if unavailable_reason("ort-cuda") is None:
+        pytest.skip("ort-cuda can run here")
+    r = run_cli("bench", "zoo:dncnn?depth=3&width=8", "--input-shape", "1x1x16x16", "--runtimes", "ort-cpu,ort-cuda")
+    assert_one_line_error(r, 2, "ort-cuda: ", str(unavailable_reason("ort-cuda")))

@@ -39,6 +39,8 @@ ERROR_LIMITS = {"fp32": 1e-4, "f32": 1e-4, "16": 5e-2, "int8": 1e-1}
 def error_limit(precision: str) -> float:
     """The error limit for a precision label such as ``fp32 eager``, ``f16`` or ``bf16``."""
     p = precision.lower()
+    if "unknown" in p:  # an engine of unstated precision: judge it by the loosest float limit
+        return ERROR_LIMITS["16"]
     if "int8" in p:
         return ERROR_LIMITS["int8"]
     return ERROR_LIMITS["16"] if "16" in p else ERROR_LIMITS["fp32"]
@@ -116,6 +118,7 @@ class BenchRow:
     precision: str
     batch: int
     stats: LatencyStats | None = None
+    device_stats: LatencyStats | None = None  # GPU compute alone (CUDA events), inputs on the device
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     unavailable: str | None = None
@@ -151,6 +154,7 @@ class BenchReport:
             "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
             f"errors are against {self.reference}; latency in ms per call",
         ]
+        gpu_rows = [r for r in self.rows if r.device_stats is not None]
         for device in dict.fromkeys(r.device for r in self.rows if r.unavailable is None):
             rows = [r for r in self.rows if r.device == device and r.unavailable is None]
             lines += ["", f"device: {device}"]
@@ -177,6 +181,9 @@ class BenchReport:
             for batch in dict.fromkeys(r.batch for r in ranked):
                 best = next(r for r in ranked if r.batch == batch)
                 lines.append(f"fastest correct runtime at batch {batch} on this device: {best.runtime} ({best.precision})")
+        if gpu_rows:
+            lines += ["", "GPU compute alone (CUDA events, inputs already on the device), median ms:"]
+            lines += [f"  {r.runtime} batch {r.batch}: {r.device_stats.median_ms:.3f}" for r in gpu_rows if r.device_stats]
         missing = {r.runtime: r.unavailable for r in self.rows if r.unavailable is not None}
         if missing:
             lines += ["", "not run:"] + [f"  {name}: {why}" for name, why in missing.items()]
@@ -286,19 +293,23 @@ def run_bench(
     spec: InputSpec,
     model: nn.Module | None = None,
     onnx_path: str | os.PathLike[str] | None = None,
+    engine_path: str | os.PathLike[str] | None = None,
     batches: Sequence[int] = (1,),
     warmup_ms: float = 200,
     iterations: int = 20,
     min_duration_s: float = 1.0,
     threads: int = 0,
     seed: int = 0,
+    strict: bool = False,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Time each runtime at each batch size on the same seeded inputs.
 
     ``model`` (PyTorch, unfolded) feeds the torch runtimes and is the fp32 reference;
     ``onnx_path`` feeds the ONNX runtimes. If ONNX runtimes are asked for and only ``model`` is
-    given, it is exported (validated, batch axis dynamic) to a temporary file first.
+    given, it is exported (validated, batch axis dynamic) to a temporary file first. A runtime
+    that cannot run is listed with the reason, or, with ``strict``, raises :class:`InputError`
+    (for runtimes the user asked for by name).
     """
     say = progress or (lambda _msg: None)
     unknown = [r for r in runtimes if r not in RUNTIMES]
@@ -317,11 +328,17 @@ def run_bench(
                 reason = "needs a PyTorch model (a model file or zoo:NAME) among the artifacts"
             if reason is None and RUNTIMES[name] == "onnx" and onnx_path is None:
                 reason = "needs an ONNX file among the artifacts"
+            if reason is None and RUNTIMES[name] == "engine" and engine_path is None:
+                reason = "needs a TensorRT engine (.plan or .engine) among the artifacts"
             if reason is not None:
+                if strict:
+                    raise InputError(f"{name}: {reason}")
                 rows += [BenchRow(name, "-", "-", b, unavailable=reason) for b in batches]
                 continue
             say(f"building {name}")
-            rt = create_runtime(name, onnx_path=onnx_path, model=model, input_names=spec.names, threads=threads)
+            rt = create_runtime(
+                name, onnx_path=onnx_path, engine_path=engine_path, model=model, input_names=spec.names, threads=threads
+            )
             info = rt.describe()
             for batch in batches:
                 rows.append(
@@ -370,6 +387,9 @@ def _measure(
         rt.synchronize()
 
     row.stats = latency_stats(time_calls(call, warmup_ms=warmup_ms, iterations=iterations, min_duration_s=min_duration_s), batch)
+    device_time = getattr(rt, "device_time_ms", None)
+    if rt.on_gpu and device_time is not None:  # the GPU compute alone, apart from copies
+        row.device_stats = latency_stats([t / 1e3 for t in device_time(feeds, max(iterations, row.stats.iterations))], batch)
     return row
 
 

@@ -253,7 +253,7 @@ def validate_cmd(
         raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
 
 
-DEFAULT_BENCH_RUNTIMES = "torch,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,openvino,openvino-bf16"
+DEFAULT_BENCH_RUNTIMES = "torch,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -265,6 +265,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 
 @cli.command()
+@click.pass_context
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
 @click.option("--runtimes", default=DEFAULT_BENCH_RUNTIMES, show_default=True, help="Comma-separated runtimes to time.")
 @_spec_options
@@ -279,6 +280,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--arch", metavar="MODULE:CALLABLE", help="Build the PyTorch model's architecture with this callable.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the PyTorch model. Only for files you trust.")
 def bench(
+    ctx: click.Context,
     artifacts: tuple[str, ...],
     runtimes: str,
     input_shape: str | None,
@@ -294,8 +296,10 @@ def bench(
     arch: str | None,
     trust_pickle: bool,
 ) -> None:
-    """Time runtimes side by side on identical inputs: ARTIFACT is an ONNX file and/or a PyTorch
-    model (file or zoo:NAME; it is the fp32 reference, and is exported if no ONNX file is given)."""
+    """Time runtimes side by side on identical inputs: ARTIFACT is an ONNX file, a TensorRT
+    engine (.plan/.engine) and/or a PyTorch model (file or zoo:NAME; it is the fp32 reference,
+    and is exported if no ONNX file is given). A runtime named in --runtimes that cannot run here
+    is an error; of the default list, those that cannot run are reported with the reason."""
     from wconv_deploy.bench import run_bench
     from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.fileio import write_text_atomic
@@ -303,10 +307,11 @@ def bench(
     from wconv_deploy.validate import spec_from_onnx
 
     onnx_files = [a for a in artifacts if a.lower().endswith(".onnx")]
-    models = [a for a in artifacts if a not in onnx_files]
-    if len(onnx_files) > 1 or len(models) > 1:
-        raise InputError("give at most one ONNX file and one PyTorch model")
-    for f in onnx_files:
+    engines = [a for a in artifacts if a.lower().endswith((".plan", ".engine"))]
+    models = [a for a in artifacts if a not in onnx_files + engines]
+    if len(onnx_files) > 1 or len(models) > 1 or len(engines) > 1:
+        raise InputError("give at most one ONNX file, one TensorRT engine and one PyTorch model")
+    for f in onnx_files + engines:
         if not Path(f).is_file():
             raise InputError(f"{f} does not exist")
     model = _load(models[0], trust_pickle, arch, checkpoint_key).model if models else None
@@ -325,11 +330,14 @@ def bench(
         spec=spec,
         model=model,
         onnx_path=onnx_files[0] if onnx_files else None,
+        engine_path=engines[0] if engines else None,
         batches=_int_list(batches, "--batch"),
         warmup_ms=warmup_ms,
         iterations=iterations,
         min_duration_s=min_duration_s,
         threads=threads,
+        # runtimes named on the command line must run; the default list reports what cannot
+        strict=ctx.get_parameter_source("runtimes") == click.core.ParameterSource.COMMANDLINE,
         progress=lambda msg: click.echo(f"... {msg}"),
     )
     click.echo(report.render())

@@ -15,7 +15,8 @@ from torch import nn
 from wconv_deploy.errors import InputError
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name, outputs_of
 
-#: Runtime name -> the artifact it runs ("torch": a PyTorch module, "onnx": an ONNX file).
+#: Runtime name -> the artifact it runs ("torch": a PyTorch module, "onnx": an ONNX file,
+#: "engine": a serialised TensorRT engine).
 RUNTIMES: dict[str, str] = {
     "torch": "torch",
     "torch-compile": "torch",
@@ -27,6 +28,8 @@ RUNTIMES: dict[str, str] = {
     "ort-trt": "onnx",
     "openvino": "onnx",
     "openvino-bf16": "onnx",
+    "trt": "engine",
+    "trt-graph": "engine",
 }
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeInfo", "cpu_name", "create_runtime", "outputs_of", "unavailable_reason"]
@@ -48,6 +51,10 @@ def unavailable_reason(name: str) -> str | None:
         from wconv_deploy.runtimes import openvino
 
         return openvino.unavailable_reason(name)
+    if name.startswith("trt"):
+        from wconv_deploy.runtimes import tensorrt
+
+        return tensorrt.unavailable_reason()
     return None
 
 
@@ -55,6 +62,7 @@ def create_runtime(
     name: str,
     *,
     onnx_path: str | os.PathLike[str] | None = None,
+    engine_path: str | os.PathLike[str] | None = None,
     model: nn.Module | None = None,
     input_names: Sequence[str] = ("input",),
     threads: int = 0,
@@ -76,6 +84,12 @@ def create_runtime(
         device = "cuda" if "cuda" in name else "cpu"
         dtype = torch.float16 if name.endswith("fp16") else torch.float32
         return TorchRuntime(model, input_names, device, compile=name.endswith("compile"), dtype=dtype, label=name)
+    if RUNTIMES[name] == "engine":
+        if engine_path is None:
+            raise InputError(f"{name} needs a TensorRT engine (.plan or .engine) among the artifacts")
+        from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
+
+        return TensorRTRuntime(engine_path, cuda_graph=name == "trt-graph")
     if onnx_path is None:
         raise InputError(f"{name} needs an ONNX file among the artifacts")
     if name.startswith("ort-"):

@@ -31,6 +31,7 @@ class Runtime(ABC):
     """Run a model on named inputs. ``name`` is what reports call it (e.g. ``ort-cpu``)."""
 
     name: str = "runtime"
+    on_gpu: bool = False  # True when run() computes on a GPU (the benchmark then also times the device)
 
     @property
     @abstractmethod

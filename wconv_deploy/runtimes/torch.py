@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from wconv_deploy.errors import InputError
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, outputs_of
 
 
@@ -34,6 +35,7 @@ class TorchRuntime(Runtime):
         except NotImplementedError:  # a torch.export program's module keeps the mode it was exported in
             pass
         self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
         self.dtype = dtype
         model = model.to(self.device, dtype) if dtype != torch.float32 else model.to(self.device)
         self.model: Callable[..., Any] = torch.compile(model) if compile else model
@@ -52,6 +54,23 @@ class TorchRuntime(Runtime):
         with torch.inference_mode():
             result = self.model(*args)
         return [t.detach().float().cpu().numpy() for t in outputs_of(result)]
+
+    def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float]:
+        """Forward time alone on a CUDA device (CUDA events), inputs already there, per call."""
+        if self.device.type != "cuda":
+            raise InputError("device time is measured on CUDA devices only")
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._input_names]
+        args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+        times = []
+        with torch.inference_mode():
+            for _ in range(iterations):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.model(*args)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        return times
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

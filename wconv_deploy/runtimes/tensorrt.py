@@ -1,0 +1,175 @@
+"""Native TensorRT engines behind the :class:`Runtime` interface (TensorRT 10/11 Python API).
+
+The engine's I/O lives in device buffers (torch CUDA tensors, reused while the shapes stay the
+same); ``run`` copies the inputs in, enqueues ``execute_async_v3`` on a private stream and copies
+the outputs back. ``cuda_graph=True`` captures the enqueue in a CUDA graph once per input shape
+and replays it. ``device_time_ms`` times the engine alone with CUDA events, inputs already on the
+device, apart from the end-to-end time ``run`` costs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself is imported lazily
+    import tensorrt
+
+from wconv_deploy.errors import InputError
+from wconv_deploy.runtimes.base import Runtime, RuntimeInfo
+
+INSTALL_HINT = "pip install 'wconv-deploy[tensorrt]' (TensorRT wheels come from NVIDIA's package index)"
+
+
+def import_tensorrt() -> Any:
+    """The tensorrt module, or a one-line InputError. (A stubs-only install is not TensorRT.)"""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise InputError(f"tensorrt is not installed: {INSTALL_HINT}") from None
+    if not hasattr(trt, "Runtime"):
+        raise InputError(f"only type stubs of tensorrt are installed, not TensorRT: {INSTALL_HINT}")
+    return trt
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT engines cannot run here, or None when they can."""
+    try:
+        import_tensorrt()
+    except InputError as e:
+        return str(e)
+    return None if torch.cuda.is_available() else "no CUDA device visible to torch"
+
+
+def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.BOOL: torch.bool,
+    }
+    for name, torch_dtype in (("BF16", torch.bfloat16), ("INT64", torch.int64)):
+        if hasattr(trt.DataType, name):
+            table[getattr(trt.DataType, name)] = torch_dtype
+    if dtype not in table:
+        raise InputError(f"engine tensor type {dtype} has no torch equivalent")
+    return table[dtype]
+
+
+class TensorRTRuntime(Runtime):
+    """A deserialised TensorRT engine (``.plan``/``.engine``) on CUDA device 0."""
+
+    def __init__(self, engine_path: str | os.PathLike[str], *, cuda_graph: bool = False, precision: str | None = None) -> None:
+        reason = unavailable_reason()
+        if reason:
+            raise InputError(f"trt: {reason}")
+        trt = import_tensorrt()
+        self._trt = trt
+        self.name = "trt-graph" if cuda_graph else "trt"
+        path = Path(engine_path)
+        if not path.is_file() or path.stat().st_size == 0:
+            raise InputError(f"{path}: no such engine file, or it is empty")
+        self._logger = trt.Logger(trt.Logger.ERROR)
+        self._runtime = trt.Runtime(self._logger)
+        engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise InputError(f"{path} is not a TensorRT engine built for this TensorRT version and GPU")
+        self.engine: tensorrt.ICudaEngine = engine
+        self.context: tensorrt.IExecutionContext = engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self._inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if n not in self._inputs]
+        self.device = torch.device("cuda", 0)
+        self.on_gpu = True
+        self.stream = torch.cuda.Stream(self.device)
+        self.cuda_graph = cuda_graph
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._shapes: tuple[tuple[int, ...], ...] | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self.precision = precision  # what the engine was built for (its manifest says); None: unknown
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def _prepare(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        """(Re)allocate device buffers and bind them when the input shapes change."""
+        if shapes == self._shapes:
+            return
+        for name, shape in zip(self._inputs, shapes):
+            if not self.context.set_input_shape(name, shape):
+                raise InputError(f"trt: input {name} shape {list(shape)} is outside the engine's optimisation profile")
+            self._buffers[name] = torch.empty(
+                shape, dtype=_torch_dtype(self._trt, self.engine.get_tensor_dtype(name)), device=self.device
+            )
+        for name in self._outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            self._buffers[name] = torch.empty(
+                shape, dtype=_torch_dtype(self._trt, self.engine.get_tensor_dtype(name)), device=self.device
+            )
+        for name, buf in self._buffers.items():
+            self.context.set_tensor_address(name, buf.data_ptr())
+        self._shapes, self._graph = shapes, None
+
+    def _enqueue(self) -> None:
+        if not self.cuda_graph:
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise InputError("trt: execute_async_v3 failed")
+            return
+        if self._graph is None:
+            self.context.execute_async_v3(self.stream.cuda_stream)  # TensorRT's lazy set-up runs outside the capture
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                self.context.execute_async_v3(self.stream.cuda_stream)
+            self._graph = graph
+        self._graph.replay()
+
+    def _load_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        self._prepare(tuple(tuple(int(s) for s in np.shape(feeds[n])) for n in self._inputs))
+        with torch.cuda.stream(self.stream):
+            for name in self._inputs:
+                self._buffers[name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])), non_blocking=False)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self._load_inputs(feeds)
+        with torch.cuda.stream(self.stream):
+            self._enqueue()
+            outs = [self._buffers[n].float().cpu() for n in self._outputs]
+        self.stream.synchronize()
+        return [o.numpy() for o in outs]
+
+    def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float]:
+        """Engine time alone (CUDA events), inputs already on the device, per call."""
+        self._load_inputs(feeds)
+        times = []
+        for _ in range(iterations):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with torch.cuda.stream(self.stream):
+                start.record(self.stream)
+                self._enqueue()
+                end.record(self.stream)
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return times
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def describe(self) -> RuntimeInfo:
+        return RuntimeInfo(
+            self.name,
+            torch.cuda.get_device_name(self.device),
+            self.precision or "unknown precision (engine)",
+            {"tensorrt": self._trt.__version__, "torch": torch.__version__},
+        )
