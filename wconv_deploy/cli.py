@@ -253,7 +253,7 @@ def validate_cmd(
         raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
 
 
-DEFAULT_BENCH_RUNTIMES = "torch,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
+DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -19,6 +19,7 @@ from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name, outputs_o
 #: "engine": a serialised TensorRT engine).
 RUNTIMES: dict[str, str] = {
     "torch": "torch",
+    "torch-folded": "torch",
     "torch-compile": "torch",
     "torch-cuda": "torch",
     "torch-cuda-fp16": "torch",
@@ -81,6 +82,10 @@ def create_runtime(
 
         if threads:
             torch.set_num_threads(threads)
+        if name == "torch-folded":  # the deployable form: weighted layers and BatchNorm folded
+            from wconv_deploy.fold import fold
+
+            model = fold(model, fold_bn=True).model
         device = "cuda" if "cuda" in name else "cpu"
         dtype = torch.float16 if name.endswith("fp16") else torch.float32
         return TorchRuntime(model, input_names, device, compile=name.endswith("compile"), dtype=dtype, label=name)

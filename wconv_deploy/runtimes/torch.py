@@ -81,5 +81,5 @@ class TorchRuntime(Runtime):
 
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
         precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
-        mode = "compiled" if self.compiled else "eager"
+        mode = "compiled" if self.compiled else "eager, folded" if self.name == "torch-folded" else "eager"
         return RuntimeInfo(self.name, device, f"{precision} {mode}", {"torch": torch.__version__})
