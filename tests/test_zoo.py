@@ -71,6 +71,7 @@ def test_load_model_builds_zoo_models_in_eval_mode() -> None:
     assert loaded.format == "zoo" and not loaded.model.training
     assert len(loaded.sha256) == 64 and "DnCNN" in loaded.notes[0]
     assert load_model("zoo:dncnn?depth=4&width=8").sha256 != load_model("zoo:dncnn?depth=4&width=9").sha256
+    assert load_model("zoo:dncnn?depth=4&width=8").sha256 == loaded.sha256  # zoo:NAME is one fixed network
 
 
 # --------------------------------------------------------------------------- architectures

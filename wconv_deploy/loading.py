@@ -474,7 +474,9 @@ def _load_zoo(uri: str) -> LoadedModel:
     from wconv_deploy.zoo.registry import create_model, get_entry, parse_zoo_uri, zoo_digest
 
     name, kwargs = parse_zoo_uri(uri)
-    model = create_model(name, **kwargs).eval()
+    with torch.random.fork_rng():  # zoo:NAME is one fixed network: the same weights every time
+        torch.manual_seed(0)
+        model = create_model(name, **kwargs).eval()
     note = f"built from the zoo: {get_entry(name).description}"
     return LoadedModel(model, "zoo", Path(uri), zoo_digest(uri, model), notes=[note])
 
