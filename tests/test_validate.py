@@ -330,8 +330,17 @@ def test_npz_wrong_shape(tmp_path: Path, spec2: InputSpec) -> None:
         load_inputs(tmp_path / "in.npz", spec2)
 
 
-def test_npz_batch_outside_range(tmp_path: Path, spec2: InputSpec) -> None:
-    np.savez(tmp_path / "in.npz", x=np.zeros((9, 3, 8, 8)), m=np.zeros((9, 1, 8, 8)))
+def test_npz_batch_above_the_largest_becomes_one_input_per_sample(tmp_path: Path, spec2: InputSpec) -> None:
+    x, m = np.random.default_rng(0).normal(size=(9, 3, 8, 8)), np.zeros((9, 1, 8, 8))
+    np.savez(tmp_path / "in.npz", x=x, m=m)
+    cases = load_inputs(tmp_path / "in.npz", spec2)
+    assert [label for label, _ in cases] == [f"in.npz[{i}]" for i in range(9)]
+    assert all(f["x"].shape == (1, 3, 8, 8) for _, f in cases)
+    np.testing.assert_array_equal(cases[4][1]["x"][0], x[4].astype(np.float32))
+
+
+def test_npz_other_axis_outside_range(tmp_path: Path, spec2: InputSpec) -> None:
+    np.savez(tmp_path / "in.npz", x=np.zeros((9, 3, 9, 8)), m=np.zeros((9, 1, 8, 8)))
     with pytest.raises(InputError, match="outside"):
         load_inputs(tmp_path / "in.npz", spec2)
 

@@ -191,7 +191,8 @@ def compare(name: str, actual: np.ndarray, expected: np.ndarray, atol: float, rt
 
 def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
     """User inputs as labelled feed dicts: an ``.npz`` (one key per input name, or one array
-    for a single-input model) or a folder of images (each becomes one batch-1 input)."""
+    for a single-input model) or a folder of images (each becomes one batch-1 input). An
+    ``.npz`` batch larger than the model's largest batch becomes one batch-1 input per sample."""
     path = Path(source)
     if not path.exists():
         raise InputError(f"--inputs: {path} does not exist")
@@ -206,12 +207,16 @@ def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> list[tuple[s
         raise InputError(f"--inputs: {path} holds no arrays")
     if len(spec.inputs) == 1 and len(arrays) == 1:
         arrays = {spec.names[0]: next(iter(arrays.values()))}
-    feeds = {}
-    for t in spec.inputs:
-        if t.name in arrays:
-            feeds[t.name] = arrays[t.name].astype(np.dtype(t.dtype), copy=False)
-    spec.check_arrays(feeds)
-    return [(path.name, feeds)]
+    feeds = {t.name: arrays[t.name].astype(np.dtype(t.dtype), copy=False) for t in spec.inputs if t.name in arrays}
+    batches = {a.shape[0] if a.ndim else 0 for a in feeds.values()}
+    largest = min((t.dims[0].max for t in spec.inputs if t.dims), default=0)
+    if len(batches) == 1 and len(feeds) == len(spec.inputs) and (n := batches.pop()) > largest:
+        cases = [(f"{path.name}[{i}]", {k: a[i : i + 1] for k, a in feeds.items()}) for i in range(n)]
+    else:
+        cases = [(path.name, feeds)]
+    for _, case in cases:
+        spec.check_arrays(case)
+    return cases
 
 
 def _image_inputs(folder: Path, spec: InputSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
