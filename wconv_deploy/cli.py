@@ -253,6 +253,72 @@ def validate_cmd(
         raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
 
 
+@cli.command()
+@click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True, help="The variant to make.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Variant to write [ONNX.PRECISION.onnx].")
+@click.option("--reference", metavar="MODEL", help="The fp32 PyTorch model (default: the zoo model an export came from).")
+@click.option("--calibration", type=click.Path(path_type=Path), help="int8 calibration inputs: an .npz or a folder of images.")
+@click.option(
+    "--calibration-method",
+    type=click.Choice(["minmax", "entropy", "percentile"]),
+    default="minmax",
+    show_default=True,
+    help="How int8 activation ranges are fitted to the calibration data.",
+)
+@click.option("--inputs", type=click.Path(path_type=Path), help="Validation inputs (.npz or image folder) besides random ones.")
+@click.option(
+    "--keep-fp32",
+    default="",
+    metavar="NAME,...",
+    help="ONNX nodes or PyTorch layers (as --per-layer names them) to leave in fp32.",
+)
+@click.option("--per-layer", is_flag=True, help="Report every Conv output's error vs fp32 PyTorch.")
+@click.option("--atol", type=float, help="Absolute tolerance (default by precision: fp16 1e-2, int8 1e-1).")
+@click.option("--rtol", type=float, help="Relative tolerance (default by precision: fp16 1e-2, int8 1e-1).")
+@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the reference. Only for files you trust.")
+@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(
+    onnx_file: Path,
+    precision: str,
+    output: Path | None,
+    reference: str | None,
+    calibration: Path | None,
+    calibration_method: str,
+    inputs: Path | None,
+    keep_fp32: str,
+    per_layer: bool,
+    atol: float | None,
+    rtol: float | None,
+    trust_pickle: bool,
+    arch: str | None,
+    as_json: bool,
+) -> None:
+    """Make an fp16 or int8 (QDQ) variant of an exported ONNX file and validate it against fp32
+    PyTorch; for zoo denoisers and classifiers the task metric (PSNR, top-1 agreement) too."""
+    from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.exporters.precision import convert_onnx
+
+    ref = _load(reference, trust_pickle, arch, None) if reference else None
+    out = output or onnx_file.with_name(f"{onnx_file.stem}.{precision}.onnx")
+    report = convert_onnx(
+        onnx_file,
+        out,
+        precision,
+        reference=ref,
+        calibration=calibration,
+        calibration_method=calibration_method,
+        inputs=inputs,
+        keep_fp32=[n.strip() for n in keep_fp32.split(",") if n.strip()],
+        per_layer=per_layer,
+        atol=atol,
+        rtol=rtol,
+        progress=None if as_json else (lambda msg: click.echo(f"... {msg}")),
+    )
+    click.echo(report_json(report.to_dict()) if as_json else report.render())
+
+
 DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
 
 

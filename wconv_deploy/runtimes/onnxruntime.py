@@ -97,4 +97,5 @@ class OnnxRuntime(Runtime):
                 device = torch.cuda.get_device_name(0)
             except Exception:  # no torch CUDA build: name the provider instead
                 device = "CUDA device 0"
-        return RuntimeInfo(self.name, device, "fp32", {"onnxruntime": self._ort.__version__})
+        stamped = self.session.get_modelmeta().custom_metadata_map.get("wconv_deploy.precision")
+        return RuntimeInfo(self.name, device, stamped or "fp32", {"onnxruntime": self._ort.__version__})

@@ -36,12 +36,14 @@ def unavailable_reason(name: str) -> str | None:
     return None
 
 
-def _onnx_input_names(path: str | os.PathLike[str]) -> list[str]:
+def _onnx_inputs_and_precision(path: str | os.PathLike[str]) -> tuple[list[str], str | None]:
+    """The graph's input names in order and the precision ``wconv-deploy convert`` stamped."""
     import onnx
 
-    graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    inits = {t.name for t in graph.initializer}
-    return [i.name for i in graph.input if i.name not in inits]
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    props = {p.key: p.value for p in model.metadata_props}
+    return [i.name for i in model.graph.input if i.name not in inits], props.get("wconv_deploy.precision")
 
 
 class OpenVinoRuntime(Runtime):
@@ -63,7 +65,7 @@ class OpenVinoRuntime(Runtime):
             raise InputError(f"openvino cannot compile {path}: {str(e).strip().splitlines()[0]}") from None
         self.request = self.compiled.create_infer_request()
         # A port may carry several tensor names; the ONNX graph's input names, in order, are the API.
-        self._inputs = _onnx_input_names(path)
+        self._inputs, self._model_precision = _onnx_inputs_and_precision(path)
         self._version = ov.__version__
 
     @property
@@ -78,4 +80,6 @@ class OpenVinoRuntime(Runtime):
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
         precision = {"f32": "fp32", "f16": "fp16"}.get(precision, precision)
+        if self._model_precision:  # a converted variant: int8 QDQ runs as int8; fp16 weights widen
+            precision = f"{self._model_precision} model, {precision} compute"
         return RuntimeInfo(self.name, cpu_name(), precision, {"openvino": self._version})
