@@ -301,6 +301,7 @@ def run_bench(
     threads: int = 0,
     seed: int = 0,
     strict: bool = False,
+    trust_code: bool = False,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Time each runtime at each batch size on the same seeded inputs.
@@ -309,7 +310,7 @@ def run_bench(
     ``onnx_path`` feeds the ONNX runtimes. If ONNX runtimes are asked for and only ``model`` is
     given, it is exported (validated, batch axis dynamic) to a temporary file first. A runtime
     that cannot run is listed with the reason, or, with ``strict``, raises :class:`InputError`
-    (for runtimes the user asked for by name).
+    (for runtimes the user asked for by name). ``trust_code``: see :func:`create_runtime`.
     """
     say = progress or (lambda _msg: None)
     unknown = [r for r in runtimes if r not in RUNTIMES]
@@ -337,7 +338,13 @@ def run_bench(
                 continue
             say(f"building {name}")
             rt = create_runtime(
-                name, onnx_path=onnx_path, engine_path=engine_path, model=model, input_names=spec.names, threads=threads
+                name,
+                onnx_path=onnx_path,
+                engine_path=engine_path,
+                model=model,
+                input_names=spec.names,
+                threads=threads,
+                trust_code=trust_code,
             )
             info = rt.describe()
             for batch in batches:

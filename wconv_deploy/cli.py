@@ -314,9 +314,78 @@ def convert(
         per_layer=per_layer,
         atol=atol,
         rtol=rtol,
-        progress=None if as_json else (lambda msg: click.echo(f"... {msg}")),
+        progress=_progress(as_json),
     )
     click.echo(report_json(report.to_dict()) if as_json else report.render())
+
+
+@cli.command()
+@click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Engine to write [ONNX with .plan]; manifest: OUTPUT.json.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="fp32 keeps TF32 off. TensorRT 11 (or --strongly-typed): fp16/int8 need an ONNX from wconv-deploy convert.",
+)
+@click.option("--min-shape", metavar="SPEC", help="Profile minimum, written like --input-shape [the export's --dynamic minimum].")
+@click.option("--opt-shape", metavar="SPEC", help="Profile optimum [the export's --input-shape].")
+@click.option("--max-shape", metavar="SPEC", help="Profile maximum [the export's --dynamic maximum].")
+@click.option("--workspace-gb", type=float, metavar="GIB", help="Limit the builder's workspace memory [TensorRT's default].")
+@click.option(
+    "--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read and update this timing cache (faster rebuilds)."
+)
+@click.option("--version-compatible", is_flag=True, help="Let later TensorRT releases of the same major version run the engine.")
+@click.option(
+    "--hardware-compatibility",
+    type=click.Choice(["ampere+", "same-compute-capability"]),
+    help="ampere+: run on any GPU of sm 8.0 or later (slower kernels); default: this GPU's compute capability.",
+)
+@click.option("--strongly-typed", is_flag=True, help="TensorRT 10: precision from the ONNX types, as TensorRT 11 always does.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def build(
+    onnx_file: Path,
+    output: Path | None,
+    precision: str,
+    min_shape: str | None,
+    opt_shape: str | None,
+    max_shape: str | None,
+    workspace_gb: float | None,
+    timing_cache: Path | None,
+    version_compatible: bool,
+    hardware_compatibility: str | None,
+    strongly_typed: bool,
+    as_json: bool,
+) -> None:
+    """Build a TensorRT engine from an exported ONNX file on this machine's GPU.
+
+    The optimisation profile spans the export's input spec (--input-shape and --dynamic) unless
+    --min-shape/--opt-shape/--max-shape say otherwise. The engine's manifest (OUTPUT.json) records
+    the TensorRT version and GPU it was built for; the trt runtime checks it before loading.
+    """
+    from wconv_deploy.exporters.tensorrt import build_engine
+
+    manifest = build_engine(
+        onnx_file,
+        output or onnx_file.with_suffix(".plan"),
+        precision,
+        min_shape=min_shape,
+        opt_shape=opt_shape,
+        max_shape=max_shape,
+        workspace_gb=workspace_gb,
+        timing_cache=timing_cache,
+        version_compatible=version_compatible,
+        hardware_compatibility=hardware_compatibility,
+        strongly_typed=strongly_typed,
+        progress=_progress(as_json),
+    )
+    click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else manifest.render())
 
 
 DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
@@ -344,7 +413,11 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG plot here.")
 @click.option("--checkpoint-key", metavar="KEY", help="Entry of a checkpoint dict to use.")
 @click.option("--arch", metavar="MODULE:CALLABLE", help="Build the PyTorch model's architecture with this callable.")
-@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the PyTorch model. Only for files you trust.")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow full unpickling of the PyTorch model and a version-compatible engine's embedded code. Only for files you trust.",
+)
 def bench(
     ctx: click.Context,
     artifacts: tuple[str, ...],
@@ -404,6 +477,7 @@ def bench(
         threads=threads,
         # runtimes named on the command line must run; the default list reports what cannot
         strict=ctx.get_parameter_source("runtimes") == click.core.ParameterSource.COMMANDLINE,
+        trust_code=trust_pickle,
         progress=lambda msg: click.echo(f"... {msg}"),
     )
     click.echo(report.render())

@@ -67,9 +67,11 @@ def create_runtime(
     model: nn.Module | None = None,
     input_names: Sequence[str] = ("input",),
     threads: int = 0,
+    trust_code: bool = False,
 ) -> Runtime:
     """Build runtime ``name`` on the artifact it needs; InputError if it is unavailable or the
-    artifact is missing."""
+    artifact is missing. ``trust_code`` lets a version-compatible TensorRT engine run the
+    runtime code embedded in it."""
     reason = unavailable_reason(name)
     if reason:
         raise InputError(f"{name}: {reason}")
@@ -94,7 +96,7 @@ def create_runtime(
             raise InputError(f"{name} needs a TensorRT engine (.plan or .engine) among the artifacts")
         from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
 
-        return TensorRTRuntime(engine_path, cuda_graph=name == "trt-graph")
+        return TensorRTRuntime(engine_path, cuda_graph=name == "trt-graph", trust_code=trust_code)
     if onnx_path is None:
         raise InputError(f"{name} needs an ONNX file among the artifacts")
     if name.startswith("ort-"):

@@ -20,10 +20,14 @@ import torch
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself is imported lazily
     import tensorrt
 
+    from wconv_deploy.exporters.tensorrt import BuildManifest
+
 from wconv_deploy.errors import InputError
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo
 
-INSTALL_HINT = "pip install 'wconv-deploy[tensorrt]' (TensorRT wheels come from NVIDIA's package index)"
+INSTALL_HINT = (
+    "pip install 'wconv-deploy[gpu]' --extra-index-url https://pypi.nvidia.com (TensorRT wheels come from NVIDIA's package index)"
+)
 
 
 def import_tensorrt() -> Any:
@@ -62,10 +66,50 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     return table[dtype]
 
 
-class TensorRTRuntime(Runtime):
-    """A deserialised TensorRT engine (``.plan``/``.engine``) on CUDA device 0."""
+def _check_manifest(trt: Any, path: Path) -> BuildManifest | None:
+    """The engine's manifest (``ENGINE.json``), checked against this TensorRT and GPU; None if absent."""
+    from wconv_deploy.exporters.tensorrt import BuildManifest, check_engine_compatible, local_gpu, manifest_path
 
-    def __init__(self, engine_path: str | os.PathLike[str], *, cuda_graph: bool = False, precision: str | None = None) -> None:
+    if not manifest_path(path).is_file():
+        return None
+    manifest = BuildManifest.read(manifest_path(path))
+    check_engine_compatible(manifest, trt.__version__, *local_gpu(), engine=path.name)
+    return manifest
+
+
+def _not_deserialised(trt: Any, path: Path, manifest: BuildManifest | None) -> str:
+    """Why TensorRT returned no engine, as far as the manifest (or its absence) tells."""
+    from wconv_deploy.exporters.tensorrt import local_gpu, manifest_path, rebuild_command
+
+    gpu, cc = local_gpu()
+    here = f"TensorRT {trt.__version__} on {gpu} (sm {cc})"
+    if manifest is None:
+        return (
+            f"{path} is not a TensorRT engine that {here} can load (another TensorRT version or GPU, or a damaged file); "
+            f"no manifest {manifest_path(path).name} says what it was built for: rebuild it with wconv-deploy build"
+        )
+    return (
+        f"{here} could not deserialise {path}, built with TensorRT {manifest.tensorrt_version} for {manifest.gpu_name} "
+        f"(sm {manifest.compute_capability}), {manifest.precision}: the file may be damaged; "
+        f"rebuild it with {rebuild_command(manifest, path.name)}"
+    )
+
+
+class TensorRTRuntime(Runtime):
+    """A deserialised TensorRT engine (``.plan``/``.engine``) on CUDA device 0.
+
+    The manifest ``ENGINE.json`` (from ``wconv-deploy build``) is checked first, so a version
+    or GPU mismatch reads as such. A version-compatible engine runs code embedded in the file
+    and loads only with ``trust_code``."""
+
+    def __init__(
+        self,
+        engine_path: str | os.PathLike[str],
+        *,
+        cuda_graph: bool = False,
+        precision: str | None = None,
+        trust_code: bool = False,
+    ) -> None:
         reason = unavailable_reason()
         if reason:
             raise InputError(f"trt: {reason}")
@@ -75,11 +119,21 @@ class TensorRTRuntime(Runtime):
         path = Path(engine_path)
         if not path.is_file() or path.stat().st_size == 0:
             raise InputError(f"{path}: no such engine file, or it is empty")
+        manifest = _check_manifest(trt, path)  # before deserialising: a mismatch is a readable error
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
+        if manifest is not None and manifest.version_compatible:
+            if not trust_code:  # such a plan carries TensorRT's lean runtime: code from the file
+                raise InputError(
+                    f"{path.name} was built --version-compatible, so it embeds TensorRT runtime code that would run "
+                    "from the file; pass --trust-pickle if you trust it"
+                )
+            self._runtime.engine_host_code_allowed = True
         engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise InputError(f"{path} is not a TensorRT engine built for this TensorRT version and GPU")
+            raise InputError(_not_deserialised(trt, path, manifest))
+        if precision is None and manifest is not None and manifest.precision != "tf32":
+            precision = manifest.precision  # (tf32 stays unknown: bench's error limits have no tf32 entry)
         self.engine: tensorrt.ICudaEngine = engine
         self.context: tensorrt.IExecutionContext = engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

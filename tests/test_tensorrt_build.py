@@ -1,0 +1,691 @@
+"""TensorRT engine builds: optimisation profiles from an exported ONNX's input spec, the precision
+plan for TensorRT 10 and 11, the builder-config plumbing (on a fake TensorRT), the manifest and
+the compatibility check, the install hint without TensorRT, and (with TensorRT and a GPU) real
+engines that match PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from wconv_deploy.errors import InputError
+from wconv_deploy.exporters.onnx import export_onnx
+from wconv_deploy.exporters.tensorrt import (
+    PRECISIONS,
+    BuildConfig,
+    BuildManifest,
+    BuildPlan,
+    apply_build_config,
+    build_engine,
+    check_engine_compatible,
+    has_qdq,
+    manifest_for,
+    manifest_path,
+    network_flags_for,
+    onnx_precision,
+    plan_build,
+    profiles_from_spec,
+)
+from wconv_deploy.runtimes import unavailable_reason
+from wconv_deploy.spec import InputSpec
+from wconv_deploy.validate import spec_from_onnx
+from wconv_deploy.zoo import create_model
+
+TRT_REASON = unavailable_reason("trt")
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("dncnn", depth=3, width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory, model: torch.nn.Module) -> Path:
+    """A small denoiser exported with dynamic batch, height and width (channels static at 1)."""
+    path = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    spec = InputSpec.parse("1x1x16x16", "batch=1:8,height=8:32,width=8:32")
+    export_onnx(model, path, spec, exporter="torchscript", validate_output=False)
+    return path
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def test_profile_comes_from_the_exported_spec(onnx_file: Path) -> None:
+    spec = spec_from_onnx(onnx_file)
+    assert profiles_from_spec(spec) == [{"input": ((1, 1, 8, 8), (1, 1, 16, 16), (8, 1, 32, 32))}]
+    static = InputSpec.parse("x:2x3x4,y:2x5")
+    assert profiles_from_spec(static) == [{"x": ((2, 3, 4),) * 3, "y": ((2, 5),) * 3}]
+
+
+def test_profile_overrides_are_applied(onnx_file: Path) -> None:
+    spec = spec_from_onnx(onnx_file)
+    [p] = profiles_from_spec(spec, min_shape="1x1x8x8", opt_shape="4x1x64x64", max_shape="input:16x1x128x128")
+    assert p == {"input": ((1, 1, 8, 8), (4, 1, 64, 64), (16, 1, 128, 128))}  # beyond the export's range: allowed
+    [p] = profiles_from_spec(spec, opt_shape="input:2x1x24x24")
+    assert p == {"input": ((1, 1, 8, 8), (2, 1, 24, 24), (8, 1, 32, 32))}
+    two = InputSpec.parse("a:1x3x8x8,b:1x1x8x8", "batch")
+    [p] = profiles_from_spec(two, max_shape="4x3x8x8,4x1x8x8")
+    assert p["a"][2] == (4, 3, 8, 8) and p["b"][2] == (4, 1, 8, 8)
+    [p] = profiles_from_spec(two, max_shape="b:2x1x8x8")
+    assert p["a"][2] == (8, 3, 8, 8) and p["b"][2] == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        ({"min_shape": "1x16x16"}, ["--min-shape", "'input'", "rank 4", "not 3"]),
+        ({"opt_shape": "1x3x16x16"}, ["--opt-shape", "'input'", "axis 1 (channels)", "static", "1, not 3"]),
+        ({"min_shape": "4x1x16x16", "opt_shape": "2x1x16x16"}, ["'input'", "axis 0 (batch)", "min 4", "opt 2"]),
+        ({"max_shape": "1x1x12x16"}, ["'input'", "axis 2 (height)", "opt 16", "max 12"]),
+        ({"max_shape": "x:8x1x32x32"}, ["--max-shape", "no input named x"]),
+        ({"max_shape": "8x1x32"}, ["--max-shape", "rank 4", "not 3"]),
+        ({"min_shape": "1x1x0x8"}, ["--min-shape", "zero-sized"]),
+        ({"min_shape": "big"}, ["--min-shape", "not a shape"]),
+    ],
+)
+def test_profile_overrides_are_checked(onnx_file: Path, overrides: dict[str, str], needles: list[str]) -> None:
+    with pytest.raises(InputError) as e:
+        profiles_from_spec(spec_from_onnx(onnx_file), **overrides)
+    assert "\n" not in str(e.value)
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+
+
+def test_overrides_name_every_input_or_none() -> None:
+    two = InputSpec.parse("a:1x3x8x8,b:1x1x8x8", "batch")
+    with pytest.raises(InputError, match="name every input"):
+        profiles_from_spec(two, max_shape="4x3x8x8,b:4x1x8x8")
+    with pytest.raises(InputError, match="1 shape\\(s\\) for 2 input"):
+        profiles_from_spec(two, max_shape="4x3x8x8")
+
+
+# --------------------------------------------------------------------------- precision plan
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "onnx_prec", "qdq", "strongly", "plan"),
+    [
+        ("10.3.0", "fp32", "fp32", False, False, BuildPlan(False, (), ("TF32",))),
+        ("10.3.0.26", "tf32", "fp32", False, False, BuildPlan(False, ("TF32",), ())),
+        ("10.3.0", "fp16", "fp32", False, False, BuildPlan(False, ("FP16",), ())),
+        ("10.3.0", "fp16", "fp16", False, False, BuildPlan(False, ("FP16",), ())),
+        ("10.3.0", "bf16", "fp32", False, False, BuildPlan(False, ("BF16",), ())),
+        ("10.7.0", "int8", "int8", True, False, BuildPlan(False, ("INT8",), ())),
+        ("10.7.0", "fp16", "fp16", False, True, BuildPlan(True, (), ())),
+        ("10.7.0", "fp32", "fp32", False, True, BuildPlan(True, (), ("TF32",))),
+        ("11.0.0", "fp32", "fp32", False, False, BuildPlan(True, (), ("TF32",))),
+        ("11.0.0", "tf32", "fp32", False, False, BuildPlan(True, ("TF32",), ())),
+        ("11.0.0", "fp16", "fp16", False, False, BuildPlan(True, (), ())),
+        ("11.2.1", "bf16", "bf16", False, False, BuildPlan(True, (), ())),
+        ("11.0.0", "int8", "int8", True, False, BuildPlan(True, (), ())),
+    ],
+)
+def test_plan_build(version: str, precision: str, onnx_prec: str, qdq: bool, strongly: bool, plan: BuildPlan) -> None:
+    assert plan_build(version, precision, onnx_prec, qdq, strongly_typed=strongly) == plan
+
+
+TRT11 = "TensorRT 11 builds strongly typed networks"
+
+
+@pytest.mark.parametrize(
+    ("version", "precision", "onnx_prec", "qdq", "strongly", "needles"),
+    [
+        ("11.0.0", "fp16", "fp32", False, False, [TRT11, "convert first: wconv-deploy convert m.onnx --precision fp16"]),
+        ("11.1.0", "int8", "fp32", False, False, [TRT11, "wconv-deploy convert m.onnx --precision int8"]),
+        ("11.0.0", "bf16", "fp32", False, False, ["strongly typed", "bf16", "makes fp16 and int8"]),
+        ("10.7.0", "fp16", "fp32", False, True, ["a strongly typed build", "wconv-deploy convert m.onnx --precision fp16"]),
+        ("10.3.0", "int8", "fp32", False, False, ["Q/DQ", "no calibrator", "wconv-deploy convert m.onnx --precision int8"]),
+        ("10.3.0", "fp32", "fp16", False, False, ["m.onnx is an fp16 ONNX", "--precision fp16"]),
+        ("11.0.0", "fp16", "int8", True, False, ["m.onnx is an int8 ONNX", "--precision int8"]),
+        ("10.3.0", "fp8", "fp32", False, False, ["--precision 'fp8'", "fp32, tf32, fp16, bf16, int8"]),
+        ("unknown", "fp32", "fp32", False, False, ["not a version number"]),
+    ],
+)  # fmt: skip
+def test_plan_build_refuses(version: str, precision: str, onnx_prec: str, qdq: bool, strongly: bool, needles: list[str]) -> None:
+    with pytest.raises(InputError) as e:
+        plan_build(version, precision, onnx_prec, qdq, strongly_typed=strongly, onnx_name="m.onnx")
+    for needle in needles:
+        assert needle in str(e.value), (needle, str(e.value))
+
+
+def _tiny_onnx(dtype: int, qdq: bool = False, precision: str | None = None) -> onnx.ModelProto:
+    np_dtype = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}[dtype]
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np_dtype), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"])]
+    inits = [w]
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+        nodes = [
+            helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+            helper.make_node("Conv", ["xd", "w"], ["y"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", dtype, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", dtype, None)],
+        inits,
+    )
+    model = helper.make_model(graph)
+    if precision:
+        helper.set_model_props(model, {"wconv_deploy.precision": precision})
+    return model
+
+
+def test_onnx_precision_is_read_from_metadata_or_graph(onnx_file: Path) -> None:
+    exported = onnx.load(onnx_file)
+    assert (onnx_precision(exported), has_qdq(exported)) == ("fp32", False)
+    assert onnx_precision(_tiny_onnx(TensorProto.FLOAT16)) == "fp16"
+    assert (onnx_precision(_tiny_onnx(TensorProto.FLOAT, qdq=True)), has_qdq(_tiny_onnx(TensorProto.FLOAT, qdq=True))) == (
+        "int8",
+        True,
+    )
+    assert onnx_precision(_tiny_onnx(TensorProto.FLOAT, precision="fp16")) == "fp16"  # our converter's stamp wins
+
+
+def test_spec_of_a_foreign_onnx_is_its_static_shapes(onnx_file: Path) -> None:
+    from wconv_deploy.exporters.tensorrt import _spec_for
+
+    assert _spec_for(onnx_file, onnx.load(onnx_file)) == spec_from_onnx(onnx_file)
+    assert str(_spec_for(Path("t.onnx"), _tiny_onnx(TensorProto.FLOAT))) == "x:1x1x8x8:float32"
+    dynamic = _tiny_onnx(TensorProto.FLOAT)
+    dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    with pytest.raises(InputError, match="t.onnx has dynamic input 'x' and no wconv-deploy input spec"):
+        _spec_for(Path("t.onnx"), dynamic)
+
+
+# --------------------------------------------------------------------------- builder plumbing (fake TensorRT)
+
+
+class FakeConfig:
+    def __init__(self, profile_index: int = 0) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.profile_index = profile_index
+        self.hardware_compatibility_level: Any = None
+
+    def set_flag(self, flag: str) -> None:
+        self.calls.append(("set", flag))
+
+    def clear_flag(self, flag: str) -> None:
+        self.calls.append(("clear", flag))
+
+    def add_optimization_profile(self, profile: Any) -> int:
+        self.calls.append(("profile", profile.shapes))
+        return self.profile_index
+
+    def set_memory_pool_limit(self, pool: str, size: int) -> None:
+        self.calls.append(("pool", pool, size))
+
+
+class FakeProfile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, tuple[Any, ...]] = {}
+
+    def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
+        self.shapes[name] = (lo, opt, hi)
+
+
+def fake_trt(*missing: str) -> SimpleNamespace:
+    flags = {n: f"flag:{n}" for n in ("FP16", "BF16", "INT8", "TF32", "VERSION_COMPATIBLE") if n not in missing}
+    return SimpleNamespace(
+        __version__="10.3.0",
+        BuilderFlag=SimpleNamespace(**flags),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"),
+        HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="ampere_plus"),
+        NetworkDefinitionCreationFlag=SimpleNamespace(**({} if "STRONGLY_TYPED" in missing else {"STRONGLY_TYPED": 1})),
+    )
+
+
+def test_network_flags() -> None:
+    assert network_flags_for(fake_trt(), BuildPlan(True)) == 1 << 1
+    assert network_flags_for(fake_trt(), BuildPlan(False, ("FP16",))) == 0
+    assert network_flags_for(fake_trt("STRONGLY_TYPED"), BuildPlan(True)) == 0  # always strongly typed there
+
+
+def test_apply_build_config_sets_what_the_plan_and_options_say() -> None:
+    profile = {"input": ((1, 1, 8, 8), (1, 1, 16, 16), (8, 1, 32, 32))}
+    build = BuildConfig("fp16", [profile], workspace_gb=1.5, version_compatible=True, hardware_compatibility="ampere+")
+    builder, config = SimpleNamespace(create_optimization_profile=FakeProfile), FakeConfig()
+    apply_build_config(fake_trt(), builder, config, build, BuildPlan(False, ("FP16",), ("TF32",)))
+    assert config.calls == [
+        ("set", "flag:FP16"),
+        ("clear", "flag:TF32"),
+        ("profile", profile),
+        ("pool", "workspace", int(1.5 * 2**30)),
+        ("set", "flag:VERSION_COMPATIBLE"),
+    ]
+    assert config.hardware_compatibility_level == "ampere_plus"
+    plain = FakeConfig()
+    apply_build_config(fake_trt(), builder, plain, BuildConfig("fp32", [profile]), BuildPlan(True, (), ("TF32",)))
+    assert plain.calls == [("clear", "flag:TF32"), ("profile", profile)] and plain.hardware_compatibility_level is None
+
+
+def test_apply_build_config_refuses_what_this_tensorrt_lacks() -> None:
+    builder = SimpleNamespace(create_optimization_profile=FakeProfile)
+    with pytest.raises(InputError, match="TensorRT 10.3.0 has no BuilderFlag.BF16"):
+        apply_build_config(fake_trt("BF16"), builder, FakeConfig(), BuildConfig("bf16"), BuildPlan(False, ("BF16",)))
+    with pytest.raises(InputError, match="same-compute-capability"):
+        apply_build_config(
+            fake_trt(), builder, FakeConfig(), BuildConfig(hardware_compatibility="same-compute-capability"), BuildPlan(False)
+        )
+    with pytest.raises(InputError, match="rejects the optimisation profile"):
+        apply_build_config(
+            fake_trt(), builder, FakeConfig(-1), BuildConfig(profiles=[{"x": ((1,), (2,), (3,))}]), BuildPlan(False)
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"precision": "fp64"}, "--precision 'fp64'"),
+        ({"workspace_gb": 0.0}, "--workspace-gb 0.0: must be positive"),
+        ({"hardware_compatibility": "turing+"}, "choose ampere+ or same-compute-capability"),
+    ],
+)
+def test_build_config_check(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(InputError) as e:
+        BuildConfig(**kwargs).check()
+    assert needle in str(e.value)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _manifest(onnx_file: Path, **changes: Any) -> BuildManifest:
+    build = BuildConfig("fp16", profiles_from_spec(spec_from_onnx(onnx_file)), workspace_gb=2.0, timing_cache="t.cache")
+    m = manifest_for(
+        onnx_file, build, BuildPlan(False, ("FP16",)), tensorrt_version="10.3.0", gpu_name="NVIDIA H100", compute_capability="9.0"
+    )
+    for k, v in changes.items():
+        setattr(m, k, v)
+    return m
+
+
+def test_manifest_round_trip(onnx_file: Path, tmp_path: Path) -> None:
+    m = _manifest(onnx_file)
+    assert m.onnx_sha256 == hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    assert m.profiles == [{"input": {"min": [1, 1, 8, 8], "opt": [1, 1, 16, 16], "max": [8, 1, 32, 32]}}]
+    assert (m.precision, m.strongly_typed, m.builder_flags, m.workspace_gb, m.timing_cache) == (
+        "fp16",
+        False,
+        ["FP16"],
+        2.0,
+        "t.cache",
+    )
+    assert datetime.fromisoformat(m.created).tzinfo is not None
+    path = manifest_path(tmp_path / "m.plan")
+    assert path.name == "m.plan.json"
+    m.write(path)
+    assert json.loads(path.read_text())["gpu_name"] == "NVIDIA H100"
+    assert BuildManifest.read(path) == m
+    assert BuildManifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert "TensorRT 10.3.0 on NVIDIA H100 (sm 9.0)" in m.render() and "1x1x8x8 / 1x1x16x16 / 8x1x32x32" in m.render()
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{not json", "is not a readable build manifest (JSONDecodeError"),
+        ("[1, 2]", "not a build manifest: not a JSON object"),
+        ('{"tensorrt_version": "10.3.0"}', "not a build manifest: it lacks gpu_name"),
+        (None, "no such build manifest"),
+    ],
+)
+def test_bad_manifest_is_a_one_line_input_error(onnx_file: Path, tmp_path: Path, text: str | None, needle: str) -> None:
+    path = tmp_path / "m.plan.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InputError) as e:
+        BuildManifest.read(path)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    bad = {**_manifest(onnx_file).to_dict(), "precision": "fp64"}
+    path.write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="unknown precision 'fp64'"):
+        BuildManifest.read(path)
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+@pytest.mark.parametrize(
+    ("changes", "trt", "cc"),
+    [
+        ({}, "10.3.0", "9.0"),
+        ({}, "10.3.0.26", "9.0"),  # as far as both strings go
+        ({"version_compatible": True}, "10.7.0", "9.0"),
+        ({"version_compatible": True}, "10.3.0", "9.0"),
+        ({"hardware_compatibility": "ampere+"}, "10.3.0", "8.6"),
+        ({"hardware_compatibility": "ampere+"}, "10.3.0", "12.0"),
+        ({"hardware_compatibility": "same-compute-capability"}, "10.3.0", "9.0"),
+    ],
+)
+def test_compatible_engines_pass(onnx_file: Path, changes: dict[str, Any], trt: str, cc: str) -> None:
+    check_engine_compatible(_manifest(onnx_file, **changes), trt, "NVIDIA A10", cc)
+
+
+@pytest.mark.parametrize(
+    ("changes", "trt", "cc", "needle"),
+    [
+        ({}, "10.7.0", "9.0", "runs only under the TensorRT version that built it"),
+        ({"tensorrt_version": "10.3.0.26"}, "10.3.0.30", "9.0", "runs only under the TensorRT version that built it"),
+        ({}, "10.3.0", "8.6", "runs only on GPUs of the compute capability it was built for"),
+        ({"hardware_compatibility": "same-compute-capability"}, "10.3.0", "8.9", "compute capability it was built for"),
+        ({"version_compatible": True}, "10.2.0", "9.0", "from 10.3.0 on"),
+        ({"version_compatible": True}, "11.0.0", "9.0", "TensorRT 10.x"),
+        ({"hardware_compatibility": "ampere+"}, "10.3.0", "7.5", "needs a GPU of sm 8.0 or later"),
+    ],
+)
+def test_incompatible_engines_are_refused(onnx_file: Path, changes: dict[str, Any], trt: str, cc: str, needle: str) -> None:
+    with pytest.raises(InputError) as e:
+        check_engine_compatible(_manifest(onnx_file, **changes), trt, "NVIDIA A10", cc, engine="model.plan")
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+    assert msg.startswith(
+        f"model.plan was built with TensorRT {changes.get('tensorrt_version', '10.3.0')} for NVIDIA H100 (sm 9.0); "
+    )
+    assert f"this machine has TensorRT {trt} and NVIDIA A10 (sm {cc})" in msg
+    assert f"rebuild it here with wconv-deploy build {onnx_file} --precision fp16" in msg and msg.endswith("-o model.plan")
+
+
+def test_runtime_checks_the_manifest_before_loading(onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's hook, with this machine's GPU and TensorRT faked (no TensorRT here)."""
+    import wconv_deploy.exporters.tensorrt as build_module
+    from wconv_deploy.runtimes.tensorrt import _check_manifest, _not_deserialised
+
+    monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA A10", "8.6"))
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"plan")
+    here = SimpleNamespace(__version__="10.3.0")
+    assert _check_manifest(here, engine) is None
+    assert "no manifest model.plan.json" in _not_deserialised(here, engine, None)
+    _manifest(onnx_file).write(manifest_path(engine))
+    with pytest.raises(InputError, match=r"^model.plan was built with TensorRT 10.3.0 for NVIDIA H100 \(sm 9.0\); this machine"):
+        _check_manifest(here, engine)
+    _manifest(onnx_file, compute_capability="8.6").write(manifest_path(engine))
+    m = _check_manifest(here, engine)
+    assert m is not None and m.precision == "fp16"
+    assert "built with TensorRT 10.3.0 for NVIDIA H100 (sm 8.6), fp16" in _not_deserialised(here, engine, m)
+    manifest_path(engine).write_text("{oops")
+    with pytest.raises(InputError, match="not a readable build manifest"):
+        _check_manifest(here, engine)
+
+
+# --------------------------------------------------------------------------- build_engine without TensorRT
+
+
+@pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present")
+def test_build_without_tensorrt_says_how_to_install(onnx_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.plan"
+    with pytest.raises(InputError) as e:
+        build_engine(onnx_file, out, "fp16", timing_cache=tmp_path / "t.cache")
+    msg = str(e.value)
+    assert "\n" not in msg and "tensorrt" in msg and "[gpu]" in msg and "pypi.nvidia.com" in msg
+    assert sorted(os.listdir(tmp_path)) == []  # no engine, manifest, cache or temporary file
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"precision": "fp64"}, "--precision 'fp64'"),
+        ({"hardware_compatibility": "volta+"}, "--hardware-compatibility 'volta+'"),
+        ({"onnx_path": "missing.onnx"}, "missing.onnx does not exist"),
+        ({"output": "no-such-folder/m.plan"}, "no-such-folder does not exist"),
+    ],
+)
+def test_build_refuses_bad_arguments_first(onnx_file: Path, tmp_path: Path, kwargs: dict[str, Any], needle: str) -> None:
+    args: dict[str, Any] = {"onnx_path": onnx_file, "output": tmp_path / "m.plan", **kwargs}
+    for key in ("onnx_path", "output"):
+        if isinstance(args[key], str):
+            args[key] = tmp_path / args[key]
+    with pytest.raises(InputError) as e:
+        build_engine(**args)
+    assert needle in str(e.value)
+    assert not (tmp_path / "m.plan").exists()
+
+
+class FakeBuilder:
+    """Just enough of trt.Builder for build_engine's orchestration; ``fail`` makes the build fail."""
+
+    def __init__(self, trt: Any, logger: Any) -> None:
+        self.trt, self.logger = trt, logger
+
+    def create_network(self, flags: int) -> Any:
+        self.trt.network_flags = flags
+        return SimpleNamespace(num_inputs=1, get_input=lambda i: SimpleNamespace(name="input"))
+
+    def create_builder_config(self) -> Any:
+        config = FakeConfig()
+        config.create_timing_cache = lambda data: SimpleNamespace(data=bytes(data), serialize=lambda: b"CACHE" + bytes(data))
+        config.set_timing_cache = lambda cache, ignore: config.calls.append(("cache", cache.data)) or True
+        config.get_timing_cache = lambda: config.timing_cache_set
+        self.trt.config = config
+        return config
+
+    def create_optimization_profile(self) -> FakeProfile:
+        return FakeProfile()
+
+    def build_serialized_network(self, network: Any, config: Any) -> bytes | None:
+        config.timing_cache_set = config.create_timing_cache(b"")
+        monitor = getattr(config, "progress_monitor", None)  # set only when build_engine has a progress callable
+        if monitor is not None:
+            monitor.phase_start("Building engine", None, 2)
+            monitor.phase_start("a nested phase", "Building engine", 2)
+        if self.trt.fail:
+            self.logger.log(self.trt.ILogger.Severity.ERROR, "no kernel for this layer")
+            return None
+        return b"ENGINE"
+
+
+def fake_tensorrt_module(fail: bool = False, parses: bool = True) -> SimpleNamespace:
+    trt = fake_trt()
+    severity = SimpleNamespace(ERROR="error", INTERNAL_ERROR="internal", WARNING="warning")
+    trt.ILogger = type("ILogger", (), {"Severity": severity, "__init__": lambda self: None})
+    trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
+    trt.Builder = lambda logger: FakeBuilder(trt, logger)
+    error = SimpleNamespace(node_name=lambda: "conv_3", node=lambda: 3, desc=lambda: "unsupported op\ndetails")
+    trt.OnnxParser = lambda network, logger: SimpleNamespace(
+        parse_from_file=lambda path: parses, num_errors=0 if parses else 1, get_error=lambda i: error
+    )
+    trt.fail = fail
+    return trt
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """build_engine on a fake TensorRT and GPU: its orchestration, with no TensorRT here."""
+    import wconv_deploy.exporters.tensorrt as build_module
+    import wconv_deploy.runtimes.tensorrt as runtime_module
+
+    def install(**kwargs: Any) -> SimpleNamespace:
+        trt = fake_tensorrt_module(**kwargs)
+        monkeypatch.setattr(runtime_module, "import_tensorrt", lambda: trt)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA H100", "9.0"))
+        return trt
+
+    return install
+
+
+def test_build_writes_engine_manifest_and_timing_cache(onnx_file: Path, tmp_path: Path, fake_gpu: Any) -> None:
+    trt = fake_gpu()
+    out, cache = tmp_path / "m.plan", tmp_path / "t.cache"
+    cache.write_bytes(b"OLD")
+    said: list[str] = []
+    m = build_engine(onnx_file, out, "fp16", max_shape="4x1x64x64", workspace_gb=1.0, timing_cache=cache, progress=said.append)
+    assert out.read_bytes() == b"ENGINE" and cache.read_bytes() == b"CACHE"
+    assert BuildManifest.read(manifest_path(out)) == m
+    assert (m.tensorrt_version, m.gpu_name, m.compute_capability, m.precision, m.builder_flags) == (
+        "10.3.0", "NVIDIA H100", "9.0", "fp16", ["FP16"],
+    )  # fmt: skip
+    assert m.profiles[0]["input"] == {"min": [1, 1, 8, 8], "opt": [1, 1, 16, 16], "max": [4, 1, 64, 64]}
+    assert trt.network_flags == 0 and ("set", "flag:FP16") in trt.config.calls and ("cache", b"OLD") in trt.config.calls
+    assert ("pool", "workspace", 2**30) in trt.config.calls
+    assert "TensorRT: Building engine" in said and not any("nested" in s for s in said)
+    assert sorted(os.listdir(tmp_path)) == ["m.plan", "m.plan.json", "t.cache"]  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"fail": True}, "TensorRT could not build an engine from m.onnx: no kernel for this layer"),
+        ({"parses": False}, "TensorRT cannot parse m.onnx: conv_3: unsupported op"),
+    ],
+)
+def test_failed_build_writes_nothing(
+    onnx_file: Path, tmp_path: Path, fake_gpu: Any, kwargs: dict[str, bool], needle: str
+) -> None:
+    fake_gpu(**kwargs)
+    (tmp_path / "m.plan").write_bytes(b"previous engine")
+    with pytest.raises(InputError) as e:
+        build_engine(onnx_file, tmp_path / "m.plan", timing_cache=tmp_path / "t.cache")
+    assert str(e.value) == needle
+    assert sorted(os.listdir(tmp_path)) == ["m.plan"] and (tmp_path / "m.plan").read_bytes() == b"previous engine"
+
+
+def test_build_refuses_ampere_plus_on_an_older_gpu(
+    onnx_file: Path, tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import wconv_deploy.exporters.tensorrt as build_module
+
+    fake_gpu()
+    monkeypatch.setattr(build_module, "local_gpu", lambda: ("Tesla T4", "7.5"))
+    with pytest.raises(InputError, match="ampere\\+ needs an Ampere or later GPU to build on; Tesla T4 is sm 7.5"):
+        build_engine(onnx_file, tmp_path / "m.plan", hardware_compatibility="ampere+")
+
+
+# --------------------------------------------------------------------------- real engines (TensorRT + CUDA)
+
+
+def _torch_out(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(TRT_REASON is not None, reason=str(TRT_REASON))
+def test_engine_matches_torch(
+    onnx_file: Path, model: torch.nn.Module, tmp_path: Path, precision: str
+) -> None:  # pragma: no cover - needs TensorRT and CUDA
+    import tensorrt as trt
+
+    from wconv_deploy.exporters.tensorrt import trt_major
+    from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
+
+    source = onnx_file
+    if precision == "fp16" and trt_major(trt.__version__) >= 11:  # strongly typed: convert first
+        from wconv_deploy.exporters.precision import convert_onnx
+
+        source = tmp_path / "m.fp16.onnx"
+        convert_onnx(onnx_file, source, "fp16", reference=model)
+    out, cache = tmp_path / "m.plan", tmp_path / "t.cache"
+    phases: list[str] = []
+    manifest = build_engine(source, out, precision, max_shape="4x1x32x32", timing_cache=cache, progress=phases.append)
+    assert out.stat().st_size > 0 and cache.stat().st_size > 0 and phases
+    assert BuildManifest.read(manifest_path(out)) == manifest
+    assert manifest.precision == precision and manifest.profiles[0]["input"]["max"] == [4, 1, 32, 32]
+    rt = TensorRTRuntime(out)
+    limit = 1e-4 if precision == "fp32" else 5e-2
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 16, 16), (1, 1, 8, 8), (4, 1, 32, 32), (3, 1, 24, 8)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        expected, actual = _torch_out(model, x), rt.run({"input": x})[0]
+        assert actual.shape == expected.shape
+        assert np.abs(actual - expected).max() / np.abs(expected).max() < limit, (precision, shape)
+    with pytest.raises(InputError, match="outside the engine's optimisation profile"):
+        rt.run({"input": np.zeros((5, 1, 16, 16), np.float32)})
+    # the manifest is checked before deserialising: a different TensorRT version is refused
+    m = BuildManifest.read(manifest_path(out))
+    m.tensorrt_version = "9.0.0"
+    m.write(manifest_path(out))
+    with pytest.raises(InputError, match="was built with TensorRT 9.0.0"):
+        TensorRTRuntime(out)
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.skipif(TRT_REASON is not None, reason=str(TRT_REASON))
+def test_build_reports_parse_errors_and_precision_refusals(
+    onnx_file: Path, tmp_path: Path
+) -> None:  # pragma: no cover - needs TensorRT and CUDA
+    import tensorrt as trt
+
+    from wconv_deploy.exporters.tensorrt import trt_major
+
+    bad = tmp_path / "bad.onnx"
+    model = _tiny_onnx(TensorProto.FLOAT)
+    model.graph.node[0].op_type = "NoSuchOp"
+    onnx.save(model, bad)
+    with pytest.raises(InputError, match="TensorRT cannot parse bad.onnx"):
+        build_engine(bad, tmp_path / "bad.plan")
+    if trt_major(trt.__version__) >= 11:
+        with pytest.raises(InputError, match="strongly typed"):
+            build_engine(onnx_file, tmp_path / "m.plan", "fp16")
+    with pytest.raises(InputError, match="Q/DQ|strongly typed"):
+        build_engine(onnx_file, tmp_path / "m.plan", "int8")
+    assert not list(tmp_path.glob("*.plan*"))
+
+
+def test_every_precision_has_a_plan_on_tensorrt_10() -> None:
+    for precision in PRECISIONS:
+        onnx_prec = "int8" if precision == "int8" else "fp32"
+        assert plan_build("10.3.0", precision, onnx_prec, precision == "int8").strongly_typed is False
+
+
+@pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present")
+def test_cli_build_without_tensorrt_is_one_line_exit_2(onnx_file: Path, tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error, run_cli
+
+    result = run_cli("build", onnx_file, "-o", tmp_path / "m.plan", "--precision", "fp16")
+    assert_one_line_error(result, 2, "[gpu]", "pypi.nvidia.com")
+    assert os.listdir(tmp_path) == []
+    assert_one_line_error(run_cli("build", onnx_file, "--precision", "fp64"), 2, "fp64")
+
+
+def test_a_version_compatible_engine_runs_its_embedded_code_only_when_trusted(
+    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version-compatible plan carries TensorRT's lean runtime: code from the file."""
+    import wconv_deploy.exporters.tensorrt as build_module
+    import wconv_deploy.runtimes.tensorrt as runtime_module
+
+    runtimes: list[SimpleNamespace] = []
+
+    def make_runtime(_logger: Any) -> SimpleNamespace:
+        runtimes.append(SimpleNamespace(engine_host_code_allowed=False, deserialize_cuda_engine=lambda _data: None))
+        return runtimes[-1]
+
+    class Logger:
+        ERROR = 0
+
+        def __init__(self, _level: int) -> None:
+            pass
+
+    fake = SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=make_runtime)
+    monkeypatch.setattr(runtime_module, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(runtime_module, "import_tensorrt", lambda: fake)
+    monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA H100", "9.0"))
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"plan")
+    _manifest(onnx_file, version_compatible=True).write(manifest_path(engine))
+    with pytest.raises(InputError, match="embeds TensorRT runtime code .* pass --trust-pickle"):
+        runtime_module.TensorRTRuntime(engine)
+    assert all(not r.engine_host_code_allowed for r in runtimes)
+    with pytest.raises(InputError, match="could not deserialise"):  # trusted: allowed, then the fake plan fails
+        runtime_module.TensorRTRuntime(engine, trust_code=True)
+    assert runtimes[-1].engine_host_code_allowed is True
