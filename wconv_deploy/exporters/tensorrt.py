@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -296,6 +296,9 @@ class BuildManifest:
     onnx_sha256: str
     created: str
     wconv_deploy_version: str
+    #: The ONNX graph's inputs and outputs (:func:`onnx_io`): what Triton's config needs beyond the
+    #: profiles. ``None`` in manifests written before it was recorded.
+    io: dict[str, list[dict[str, Any]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,13 +308,15 @@ class BuildManifest:
         """Read a dict written by :meth:`to_dict` (InputError if it is not one)."""
         if not isinstance(data, dict):
             raise InputError("not a build manifest: not a JSON object")
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.default is MISSING]
         if missing:
             raise InputError(f"not a build manifest: it lacks {', '.join(missing)}")
-        m = cls(**{f.name: data[f.name] for f in fields(cls)})
+        m = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
         texts = (m.tensorrt_version, m.gpu_name, m.compute_capability, m.precision, m.onnx_path, m.onnx_sha256)
         if not all(isinstance(v, str) for v in texts) or not isinstance(m.profiles, list):
             raise InputError("not a build manifest: a field has the wrong type")
+        if m.io is not None and not (isinstance(m.io, dict) and {"inputs", "outputs"} <= m.io.keys()):
+            raise InputError("not a build manifest: io is not {inputs, outputs}")
         if m.precision not in PRECISIONS:
             raise InputError(f"not a build manifest: unknown precision {m.precision!r}")
         _version_tuple(m.tensorrt_version, "manifest: TensorRT version")
@@ -368,6 +373,28 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def onnx_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """The graph's inputs and outputs: ``{"inputs": [...], "outputs": [...]}``, each tensor
+    ``{"name", "dtype", "shape"}`` with NumPy-style dtype names (``float32``) and ``-1`` for a
+    dynamic axis (``shape`` is None when the graph gives none). An engine's inputs and outputs
+    are its ONNX graph's: TensorRT keeps their names, types and dynamic axes."""
+    from onnx import TensorProto
+
+    numpy_names: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+
+    def tensor(vi: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = vi.type.tensor_type
+        dtype = numpy_names.get(t.elem_type) or TensorProto.DataType.Name(t.elem_type).lower()
+        shape = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim] if t.HasField("shape") else None
+        return {"name": vi.name, "dtype": dtype, "shape": shape}
+
+    initializers = {t.name for t in model.graph.initializer}
+    return {
+        "inputs": [tensor(vi) for vi in model.graph.input if vi.name not in initializers],
+        "outputs": [tensor(vi) for vi in model.graph.output],
+    }
+
+
 def manifest_for(
     onnx_path: str | os.PathLike[str],
     build: BuildConfig,
@@ -376,10 +403,16 @@ def manifest_for(
     tensorrt_version: str,
     gpu_name: str,
     compute_capability: str,
+    io: dict[str, list[dict[str, Any]]] | None = None,
 ) -> BuildManifest:
-    """The manifest of an engine built from ``onnx_path`` with ``build`` and ``plan`` here and now."""
+    """The manifest of an engine built from ``onnx_path`` with ``build`` and ``plan`` here and now
+    (``io``: the graph's :func:`onnx_io`, read from ``onnx_path`` when not given)."""
+    import onnx
+
     from wconv_deploy import __version__
 
+    if io is None:
+        io = onnx_io(onnx.load(os.fspath(onnx_path), load_external_data=False))
     return BuildManifest(
         tensorrt_version=tensorrt_version,
         gpu_name=gpu_name,
@@ -396,6 +429,7 @@ def manifest_for(
         onnx_sha256=file_sha256(onnx_path),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         wconv_deploy_version=__version__,
+        io=io,
     )
 
 
@@ -618,6 +652,7 @@ def build_engine(
     plan = plan_build(
         trt.__version__, precision, onnx_precision(model), has_qdq(model), strongly_typed=strongly_typed, onnx_name=src.name
     )
+    io = onnx_io(model)
     del model
 
     logger = _make_logger(trt)
@@ -643,7 +678,7 @@ def build_engine(
         errors = "; ".join(logger.errors[-3:]) or "no error reported"
         raise InputError(f"TensorRT could not build an engine from {src.name}: {errors}")
 
-    manifest = manifest_for(src, build, plan, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc)
+    manifest = manifest_for(src, build, plan, tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=cc, io=io)
     with atomic_output(out) as tmp_engine, atomic_output(manifest_path(out)) as tmp_manifest:
         tmp_engine.write_bytes(memoryview(serialized))
         tmp_manifest.write_text(manifest.to_json())

@@ -1,0 +1,771 @@
+"""Triton Inference Server model repositories: package an exported model, check a repository offline.
+
+:func:`package` writes one model entry::
+
+    REPO/NAME/config.pbtxt                 Triton's ModelConfig, built as its protobuf message
+    REPO/NAME/VERSION/model.onnx           platform onnxruntime_onnx, or
+    REPO/NAME/VERSION/model.plan           platform tensorrt_plan: one engine, or
+    REPO/NAME/VERSION/model.sm90.plan ...  one engine per GPU compute capability (cc_model_filenames)
+    REPO/NAME/manifest.json                sha256 of every file, where each came from, the options
+
+Shapes. Inputs and outputs come from the artifact's graph (an engine's from its manifest), whose
+dims the export wrote from the input spec: -1 where an axis varies. Triton's rule for batching:
+when axis 0 of every input and output varies, the model batches; ``max_batch_size`` is then 1 to
+the largest batch the input spec (ONNX) or the optimisation profile (engine) allows, and dims
+leave axis 0 out. Otherwise ``max_batch_size`` is 0 and dims are the full shapes. A model that
+batches cannot be given ``max_batch_size`` 0: Triton's auto-complete would set one itself and then
+reject the full-rank dims.
+
+The entry is written into a hidden folder inside REPO (the same file system, so that renames are
+atomic), checked with :func:`check_model`, and only then renamed to REPO/NAME, replacing an existing
+entry (all its versions: one config covers every version, and the check vouches only for files it
+wrote). A failure leaves the repository as it was. (Triton polls hidden folders too: one that
+polls during those seconds logs an error for the staging folder and carries on.)
+
+:func:`check_repository` checks every model folder without a server: the config parses as
+Triton's ModelConfig and agrees with the files beside it (name, platform, versions, model files,
+checksums, inputs and outputs, batching, instance kind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wconv_deploy.errors import InputError, MismatchError, first_line
+from wconv_deploy.exporters.tensorrt import BuildManifest, file_sha256, manifest_path, onnx_io
+from wconv_deploy.spec import InputSpec
+from wconv_deploy.table import format_table
+
+Progress = Callable[[str], None]
+
+ONNX_PLATFORM, TRT_PLATFORM = "onnxruntime_onnx", "tensorrt_plan"
+#: Triton's default model file name of each platform, and the platform of each model file suffix.
+DEFAULT_FILENAME = {ONNX_PLATFORM: "model.onnx", TRT_PLATFORM: "model.plan"}
+PLATFORM_OF_SUFFIX = {".onnx": ONNX_PLATFORM, ".plan": TRT_PLATFORM}
+#: ``backend:`` values that mean our platforms (hand-written configs may use either field).
+BACKEND_PLATFORM = {"onnxruntime": ONNX_PLATFORM, "tensorrt": TRT_PLATFORM}
+ENGINE_SUFFIXES = (".plan", ".engine")
+KINDS = ("cpu", "gpu")
+#: Triton's data type of each dtype name :func:`~wconv_deploy.exporters.tensorrt.onnx_io` gives.
+TRITON_TYPES = {
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16",
+    "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
+    "string": "TYPE_STRING",
+}
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def import_model_config() -> tuple[Any, Any]:
+    """Triton's ModelConfig protobuf module and protobuf's ``text_format`` (InputError, one line,
+    naming the ``serve`` extra, when tritonclient is not installed)."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise InputError("Triton model repositories need tritonclient: pip install 'wconv-deploy[serve]'") from None
+    return model_config_pb2, text_format
+
+
+# --------------------------------------------------------------------------- what an artifact takes
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output: its name, dtype (``float32``, ...) and dims (-1 where it varies)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """An artifact's inputs and outputs, and the largest batch it takes (and where that comes from)."""
+
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    max_batch: int
+    limit_from: str
+
+    @property
+    def batches(self) -> bool:
+        """Triton's rule: a model batches when axis 0 of every input and output varies."""
+        return all(t.dims[:1] == (-1,) for t in self.inputs + self.outputs)
+
+    def fixed_axis(self) -> str:
+        """Why the model does not batch: the first tensor whose axis 0 is fixed."""
+        t = next(t for t in self.inputs + self.outputs if t.dims[:1] != (-1,))
+        return f"axis 0 of {t.name!r} is fixed: {list(t.dims)}"
+
+
+def _tensors(entries: list[dict[str, Any]], where: str) -> tuple[Tensor, ...]:
+    for e in entries:
+        if e.get("shape") is None:
+            raise InputError(f"{where}: the graph gives no shape for {e.get('name')!r}; Triton's config needs one")
+    return tuple(Tensor(str(e["name"]), str(e["dtype"]), tuple(int(d) for d in e["shape"])) for e in entries)
+
+
+def _read_onnx(path: Path) -> tuple[ModelIO, dict[str, str], list[str]]:
+    """An exported ONNX file's inputs and outputs (largest batch from its input spec), its
+    ``wconv_deploy.*`` metadata, and the external data files it names (beside it)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as e:  # DecodeError and friends
+        raise InputError(f"{path.name} is not a readable ONNX file ({type(e).__name__})") from None
+    props = {p.key: p.value for p in model.metadata_props if p.key.startswith("wconv_deploy.")}
+    if "wconv_deploy.input_spec" not in props:
+        raise InputError(f"{path.name} has no wconv-deploy input spec in its metadata: export it with wconv-deploy export")
+    try:
+        spec = InputSpec.from_dict(json.loads(props["wconv_deploy.input_spec"]))
+    except json.JSONDecodeError:
+        raise InputError(f"{path.name}: its wconv-deploy input spec is not JSON") from None
+    graph = onnx_io(model)
+    io = ModelIO(
+        _tensors(graph["inputs"], path.name),
+        _tensors(graph["outputs"], path.name),
+        min((t.dims[0].max for t in spec.inputs), default=0),
+        "the input spec",
+    )
+    data = sorted(
+        {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
+    )
+    return io, props, data
+
+
+def engine_model_io(manifest: BuildManifest, where: str) -> ModelIO:
+    """An engine's inputs and outputs from its manifest; its largest batch from its one profile."""
+    if manifest.io is None:
+        raise InputError(f"{where}: its build manifest records no inputs and outputs")
+    if len(manifest.profiles) != 1:
+        raise InputError(f"{where}: {len(manifest.profiles)} optimisation profiles; Triton packaging takes engines with one")
+    profile = manifest.profiles[0]
+    io = ModelIO(
+        _tensors(manifest.io["inputs"], where),
+        _tensors(manifest.io["outputs"], where),
+        min(s["max"][0] for s in profile.values()),
+        "the profile",
+    )
+    lowest = max(s["min"][0] for s in profile.values())
+    if io.batches and lowest > 1:
+        raise InputError(
+            f"{where}: profile starts at batch {lowest} but Triton sends batches from 1: rebuild with a --min-shape of batch 1"
+        )
+    return io
+
+
+# --------------------------------------------------------------------------- check
+
+
+@dataclass
+class Problem:
+    """One disagreement: the model, the config field (or file) and what each side says."""
+
+    model: str
+    field: str
+    message: str
+
+
+@dataclass
+class ModelCheck:
+    """The offline check of one model folder."""
+
+    name: str
+    platform: str = ""
+    versions: list[int] = field(default_factory=list)
+    max_batch_size: int | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str, message: str) -> None:
+        """Record a problem with the config field (or file) ``where``, once."""
+        problem = Problem(self.name, where, message)
+        if problem not in self.problems:  # several engines or versions can disagree the same way
+            self.problems.append(problem)
+
+
+@dataclass
+class CheckReport:
+    """Every model folder of a repository and its problems; passes when there are models and no problems."""
+
+    repo: str
+    models: list[ModelCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.models) and all(m.passed for m in self.models)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for m in self.models for p in m.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        models = [
+            {
+                "name": m.name,
+                "platform": m.platform,
+                "versions": m.versions,
+                "max_batch_size": m.max_batch_size,
+                "problems": [{"field": p.field, "message": p.message} for p in m.problems],
+                "passed": m.passed,
+            }
+            for m in self.models
+        ]
+        return {"repo": self.repo, "models": models, "passed": self.passed}
+
+    def render(self) -> str:
+        lines = [f"triton repository check: {self.repo}"]
+        if not self.models:
+            return "\n".join([*lines, "FAILED: no model folders"])
+        rows = [
+            [
+                m.name,
+                m.platform or "?",
+                ",".join(map(str, m.versions)) or "-",
+                "?" if m.max_batch_size is None else m.max_batch_size,
+                "ok" if m.passed else f"{len(m.problems)} problem(s)",
+            ]
+            for m in self.models
+        ]
+        lines.append(format_table(["model", "platform", "versions", "max batch", "result"], rows))
+        if self.passed:
+            lines.append(f"passed: {len(self.models)} model(s)")
+            return "\n".join(lines)
+        lines += ["", format_table(["model", "field", "problem"], [[p.model, p.field, p.message] for p in self.problems])]
+        failed = sum(not m.passed for m in self.models)
+        lines.append(f"FAILED: {len(self.problems)} problem(s) in {failed} of {len(self.models)} model(s)")
+        return "\n".join(lines)
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`MismatchError` (exit 1, with the report) unless every model passed."""
+        if not self.passed:
+            what = f"{len(self.problems)} problem(s)" if self.models else "no model folders"
+            raise MismatchError(f"Triton repository {self.repo}: {what} (see the report above)", self.render())
+
+
+def check_repository(repo: str | os.PathLike[str]) -> CheckReport:
+    """Check every folder of the Triton repository ``repo`` as a model. Triton polls hidden folders
+    too, so one (say, left by an interrupted :func:`package`) is a problem."""
+    path = Path(repo)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder")
+    import_model_config()
+    report = CheckReport(os.fspath(path))
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        if folder.name.startswith("."):
+            hidden = ModelCheck(folder.name)
+            hidden.add(
+                "folder", "hidden, but Triton tries to load it as a model too (left by an interrupted package?): delete it"
+            )
+            report.models.append(hidden)
+        else:
+            report.models.append(_check_folder(folder, folder.name))
+    return report
+
+
+def check_model(folder: str | os.PathLike[str]) -> CheckReport:
+    """Check one model folder ``REPO/NAME``."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"{path}: no such folder")
+    import_model_config()
+    return CheckReport(os.fspath(path.parent), [_check_folder(path, path.name)])
+
+
+def _check_folder(folder: Path, name: str) -> ModelCheck:
+    """Check ``folder`` as the model ``name`` (the staging folder of :func:`package` has another name)."""
+    mc, text_format = import_model_config()
+    check = ModelCheck(name)
+    try:
+        cfg = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    except FileNotFoundError:
+        check.add("config.pbtxt", "missing")
+        return check
+    except (text_format.ParseError, OSError, UnicodeDecodeError) as e:
+        check.add("config.pbtxt", f"not a Triton ModelConfig: {first_line(e)}")
+        return check
+    check.platform = cfg.platform or BACKEND_PLATFORM.get(cfg.backend, cfg.backend)
+    check.max_batch_size = cfg.max_batch_size
+    check.versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and re.fullmatch("[1-9][0-9]*", p.name))
+    if cfg.name and cfg.name != name:
+        check.add("name", f"config {cfg.name!r}, folder {name!r}")
+    manifest = _read_manifest(folder, check)
+    if check.platform not in DEFAULT_FILENAME:
+        check.add("platform", f"config {check.platform!r}; wconv-deploy packages {ONNX_PLATFORM} and {TRT_PLATFORM}")
+        return check
+    if not check.versions:
+        check.add("versions", "no version folder (1, 2, ...)")
+    files = {"default_model_filename": cfg.default_model_filename or DEFAULT_FILENAME[check.platform]}
+    files.update({f"cc_model_filenames[{cc!r}]": f for cc, f in sorted(cfg.cc_model_filenames.items())})
+    for where, filename in files.items():
+        kind = PLATFORM_OF_SUFFIX.get(Path(filename).suffix)
+        if kind != check.platform:
+            check.add("platform", f"config {check.platform!r}, model {filename} is {kind or 'neither .onnx nor .plan'}")
+        for version in check.versions:
+            path = folder / str(version) / filename
+            if not path.is_file():
+                check.add(where, f"{version}/{filename} is missing")
+            elif kind is not None:
+                io = _artifact_io(path, f"{version}/{filename}", kind, manifest, cfg, check)
+                if io is not None:
+                    _compare_io(mc, cfg, io, check)
+    if manifest is not None:
+        _check_checksums(folder, manifest, check)
+    _check_batching(cfg, check)
+    if any(PLATFORM_OF_SUFFIX.get(Path(f).suffix) == TRT_PLATFORM for f in files.values()):
+        for i, group in enumerate(cfg.instance_group):
+            if group.kind == mc.ModelInstanceGroup.KIND_CPU:
+                check.add(f"instance_group[{i}].kind", f"config KIND_CPU, model {TRT_PLATFORM} runs on KIND_GPU")
+    return check
+
+
+def _read_manifest(folder: Path, check: ModelCheck) -> dict[str, Any] | None:
+    try:
+        data = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        check.add("manifest.json", "missing: it records the checksums and the engines' shapes (wconv-deploy package writes it)")
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        check.add("manifest.json", f"unreadable ({type(e).__name__}: {first_line(e)})")
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("artifacts"), list):
+        check.add("manifest.json", "not a wconv-deploy package manifest (no files and artifacts)")
+        return None
+    return data
+
+
+def _check_checksums(folder: Path, manifest: dict[str, Any], check: ModelCheck) -> None:
+    """Every file the manifest lists is there with its sha256, and no other file is."""
+    listed: dict[str, Any] = manifest["files"]
+    for rel, sha in sorted(listed.items()):
+        path = folder / rel
+        if not path.is_file():
+            check.add(rel, "listed in manifest.json but missing")
+        elif (actual := file_sha256(path)) != sha:
+            check.add(rel, f"sha256 in manifest.json {str(sha)[:12]}, file {actual[:12]}")
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
+    for rel in sorted(on_disk - listed.keys()):
+        check.add(rel, "not listed in manifest.json (not written by wconv-deploy package)")
+
+
+def _artifact_io(path: Path, rel: str, kind: str, manifest: dict[str, Any] | None, cfg: Any, check: ModelCheck) -> ModelIO | None:
+    """What the model file at ``path`` takes: read from the ONNX file, or from the build manifest
+    recorded for the engine in manifest.json (None, with a problem added, when unknown)."""
+    try:
+        if kind == ONNX_PLATFORM:
+            return _read_onnx(path)[0]
+        if manifest is None:
+            return None  # the missing manifest is a problem already
+        entry = next((a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") == rel), None)
+        if entry is None:
+            check.add(rel, "manifest.json records no build manifest for it: its inputs and outputs cannot be checked")
+            return None
+        built = BuildManifest.from_dict(entry.get("build_manifest"))
+        for cc, filename in cfg.cc_model_filenames.items():
+            if filename == path.name and cc != built.compute_capability:
+                check.add(f"cc_model_filenames[{cc!r}]", f"config {filename}, model built for sm {built.compute_capability}")
+        return engine_model_io(built, rel)
+    except (InputError, KeyError, TypeError, ValueError) as e:
+        check.add(rel, first_line(e))
+        return None
+
+
+def _compare_io(mc: Any, cfg: Any, io: ModelIO, check: ModelCheck) -> None:
+    """max_batch_size, and each input's and output's name, data_type and dims, against ``io``."""
+    mbs = cfg.max_batch_size
+    if mbs < 0:
+        check.add("max_batch_size", f"config {mbs}, must be 0 or more")
+    elif mbs > 0 and not io.batches:
+        check.add("max_batch_size", f"config {mbs}, model 0 (no batch axis: {io.fixed_axis()})")
+    elif mbs > io.max_batch:
+        check.add("max_batch_size", f"config {mbs}, model {io.max_batch} ({io.limit_from}'s max batch)")
+    elif mbs == 0 and io.batches:
+        check.add(
+            "max_batch_size",
+            f"config 0, model batches up to {io.max_batch}: Triton's auto-complete would set max_batch_size itself",
+        )
+    batched = mbs > 0 and io.batches
+    for kind, configured, tensors in (("input", cfg.input, io.inputs), ("output", cfg.output, io.outputs)):
+        model = {t.name: t for t in tensors}
+        names = [c.name for c in configured]
+        if sorted(names) != sorted(model):
+            check.add(kind, f"config {names}, model {list(model)}")
+        for i, c in enumerate(configured):
+            t = model.get(c.name)
+            if t is None:
+                continue
+            data_type = mc.DataType.Name(c.data_type)
+            if data_type != TRITON_TYPES.get(t.dtype, t.dtype):
+                check.add(f"{kind}[{i}].data_type", f"config {data_type}, model {TRITON_TYPES.get(t.dtype, t.dtype)}")
+            dims = list(t.dims[1:] if batched else t.dims)
+            if list(c.dims) != dims:
+                check.add(f"{kind}[{i}].dims", f"config {list(c.dims)}, model {dims}")
+
+
+def _check_batching(cfg: Any, check: ModelCheck) -> None:
+    if not cfg.HasField("dynamic_batching"):
+        return
+    if cfg.max_batch_size <= 0:
+        check.add(
+            "dynamic_batching",
+            f"config sets it, but max_batch_size is {cfg.max_batch_size}: Triton batches only with max_batch_size > 0",
+        )
+    preferred = list(cfg.dynamic_batching.preferred_batch_size)
+    if any(not 1 <= b <= cfg.max_batch_size for b in preferred):
+        check.add("dynamic_batching.preferred_batch_size", f"config {preferred}, max_batch_size {cfg.max_batch_size}")
+
+
+# --------------------------------------------------------------------------- package
+
+
+@dataclass
+class _Artifact:
+    """One model file to copy into the version folder, and what manifest.json records of it."""
+
+    source: Path
+    file: str
+    io: ModelIO
+    provenance: dict[str, Any]
+    data_files: list[str] = field(default_factory=list)  # an ONNX file's external data, copied by name
+
+
+@dataclass
+class PackageReport:
+    """What :func:`package` wrote, and the offline check of it."""
+
+    model_dir: str
+    name: str
+    version: int
+    platform: str
+    max_batch_size: int
+    kind: str
+    files: dict[str, str]
+    replaced: bool
+    config: str
+    notes: list[str]
+    check: CheckReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_dir": self.model_dir,
+            "name": self.name,
+            "version": self.version,
+            "platform": self.platform,
+            "max_batch_size": self.max_batch_size,
+            "kind": self.kind,
+            "files": self.files,
+            "replaced": self.replaced,
+            "config": self.config,
+            "notes": self.notes,
+            "check": self.check.to_dict(),
+        }
+
+    def render(self) -> str:
+        batch = f"batches up to {self.max_batch_size}" if self.max_batch_size else "no batching (max_batch_size 0)"
+        lines = [f"model       {self.name} version {self.version}: {self.platform}, {batch}, KIND_{self.kind.upper()}"]
+        lines += [f"note        {n}" for n in self.notes]
+        lines += ["", "config.pbtxt:", *(f"  {ln}" for ln in self.config.splitlines()), "", self.check.render(), ""]
+        lines.append(f"wrote {self.model_dir}" + (" (replacing the previous entry)" if self.replaced else ""))
+        return "\n".join(lines)
+
+
+def package(
+    artifacts: Sequence[str | os.PathLike[str]],
+    repo: str | os.PathLike[str],
+    name: str,
+    *,
+    version: int = 1,
+    max_batch: int | None = None,
+    instances: int = 1,
+    kind: str | None = None,
+    dynamic_batching: bool = False,
+    preferred_batch: Sequence[int] = (),
+    max_queue_delay_us: int | None = None,
+    progress: Progress | None = None,
+) -> PackageReport:
+    """Write ``artifacts`` (one exported ONNX file, or TensorRT engines with their manifests) as
+    the Triton model ``REPO/NAME``, check it offline, and return the report.
+
+    ``max_batch`` defaults to the largest batch of the input spec or profile (0 for a model
+    without a batch axis); ``kind`` to ``gpu`` for engines and ``cpu`` for ONNX. Raises
+    InputError for unusable artifacts or options, before anything is written; the repository is
+    unchanged by any failure.
+    """
+    say = progress or (lambda _msg: None)
+    mc, text_format = import_model_config()
+    _check_options(name, version, instances, kind, dynamic_batching, preferred_batch, max_queue_delay_us)
+    repo_path, dest = Path(repo), Path(repo) / name
+    if repo_path.exists() and not repo_path.is_dir():
+        raise InputError(f"--repo {repo_path}: not a folder")
+    if not repo_path.parent.is_dir():
+        raise InputError(f"--repo {repo_path}: folder {repo_path.parent} does not exist")
+    if dest.exists() and not dest.is_dir():
+        raise InputError(f"{dest} exists and is not a model folder")
+
+    platform, sources, notes = _read_artifacts([Path(a) for a in artifacts], say)
+    io = replace(sources[0].io, max_batch=min(a.io.max_batch for a in sources))
+    kind = kind or ("gpu" if platform == TRT_PLATFORM else "cpu")
+    if platform == TRT_PLATFORM and kind == "cpu":
+        raise InputError("--kind cpu: TensorRT engines run only on GPUs; give --kind gpu (the default for engines)")
+    mbs = _max_batch_size(io, max_batch)
+    if dynamic_batching and mbs == 0:
+        raise InputError(f"--dynamic-batching needs a model that batches; this one does not ({io.fixed_axis()})")
+    if any(not 1 <= b <= mbs for b in preferred_batch):
+        raise InputError(f"--preferred-batch {','.join(map(str, preferred_batch))}: each size must be 1 to max_batch_size {mbs}")
+
+    config = mc.ModelConfig(name=name, platform=platform, max_batch_size=mbs, default_model_filename=sources[0].file)
+    if len(sources) > 1:
+        for a in sources:
+            config.cc_model_filenames[a.provenance["compute_capability"]] = a.file
+    for tensor, group in [(t, config.input) for t in io.inputs] + [(t, config.output) for t in io.outputs]:
+        group.add(name=tensor.name, data_type=mc.DataType.Value(_triton_type(tensor)), dims=_dims(tensor, mbs))
+    config.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.Kind.Value(f"KIND_{kind.upper()}"))
+    if dynamic_batching:
+        config.dynamic_batching.SetInParent()
+        config.dynamic_batching.preferred_batch_size.extend(preferred_batch)
+        if max_queue_delay_us is not None:
+            config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    text = "# Written by wconv-deploy package; check it with: wconv-deploy package --check REPO\n"
+    text += text_format.MessageToString(config, use_short_repeated_primitives=True)
+    options = {
+        "max_batch": max_batch,
+        "instances": instances,
+        "kind": kind,
+        "dynamic_batching": dynamic_batching,
+        "preferred_batch": list(preferred_batch),
+        "max_queue_delay_us": max_queue_delay_us,
+    }
+
+    created = not repo_path.exists()
+    repo_path.mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo_path))
+    try:
+        say(f"writing {name} into {repo_path} (staged in {stage.name})")
+        files = _write_entry(stage, name, version, platform, sources, text, options)
+        say("checking the entry offline")
+        check = CheckReport(os.fspath(repo_path), [_check_folder(stage, name)])
+        if not check.passed:
+            raise MismatchError(
+                f"the packaged model {name} fails its own check (a wconv-deploy bug; nothing written)", check.render()
+            )
+        replaced = _swap_in(stage, dest)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
+        if created and not dest.exists():  # a failure: remove the repository folder this call made
+            with contextlib.suppress(OSError):
+                repo_path.rmdir()
+    return PackageReport(os.fspath(dest), name, version, platform, mbs, kind, files, replaced, text, notes, check)
+
+
+def _check_options(
+    name: str,
+    version: int,
+    instances: int,
+    kind: str | None,
+    dynamic_batching: bool,
+    preferred_batch: Sequence[int],
+    max_queue_delay_us: int | None,
+) -> None:
+    if not _MODEL_NAME.match(name):
+        raise InputError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter, digit or '_'")
+    if version < 1:
+        raise InputError(f"--version {version}: Triton serves versions 1, 2, ... (folder names)")
+    if instances < 1:
+        raise InputError(f"--instances {instances}: must be 1 or more")
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"--kind {kind!r}: choose {' or '.join(KINDS)}")
+    if not dynamic_batching and (preferred_batch or max_queue_delay_us is not None):
+        raise InputError("--preferred-batch and --max-queue-delay-us need --dynamic-batching")
+    if max_queue_delay_us is not None and max_queue_delay_us < 0:
+        raise InputError(f"--max-queue-delay-us {max_queue_delay_us}: must be 0 or more")
+
+
+def _read_artifacts(paths: list[Path], say: Progress) -> tuple[str, list[_Artifact], list[str]]:
+    """The platform, the model files to copy (with what each takes) and notes for the report."""
+    if not paths:
+        raise InputError("nothing to package: give an ONNX file or TensorRT engines")
+    for p in paths:
+        if p.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
+            raise InputError(f"{p}: not an ONNX file or a TensorRT engine (.onnx, .plan, .engine)")
+        if not p.is_file():
+            raise InputError(f"{p} does not exist")
+    onnx_files = [p for p in paths if p.suffix.lower() == ".onnx"]
+    if onnx_files and len(onnx_files) < len(paths):
+        raise InputError("one Triton model is an ONNX file or TensorRT engines, not both: package each under its own --name")
+    if len(onnx_files) > 1:
+        raise InputError("one Triton model holds one ONNX file: package each under its own --name")
+    if onnx_files:
+        path = onnx_files[0]
+        say(f"reading {path.name}")
+        io, props, data = _read_onnx(path)
+        for location in data:
+            if Path(location).name != location or not (path.parent / location).is_file():
+                raise InputError(f"{path.name}: its external data {location!r} is not a file beside it")
+        return ONNX_PLATFORM, [_Artifact(path, DEFAULT_FILENAME[ONNX_PLATFORM], io, {"metadata": props}, data)], []
+    return _read_engines(paths, say)
+
+
+def _read_engines(paths: list[Path], say: Progress) -> tuple[str, list[_Artifact], list[str]]:
+    sources: list[_Artifact] = []
+    manifests: list[BuildManifest] = []
+    for path in paths:
+        say(f"reading the manifest of {path.name}")
+        if not manifest_path(path).is_file():
+            raise InputError(
+                f"{path} has no manifest {manifest_path(path).name}: packaging needs the shapes and GPU it records; "
+                "build the engine with wconv-deploy build"
+            )
+        built = BuildManifest.read(manifest_path(path))
+        if built.io is None:  # a manifest from before the inputs and outputs were recorded
+            built = replace(built, io=_io_from_source(built, path))
+        cc = built.compute_capability
+        file = "model.plan" if len(paths) == 1 else f"model.sm{cc.replace('.', '')}.plan"
+        provenance = {"compute_capability": cc, "build_manifest": built.to_dict()}
+        sources.append(_Artifact(path, file, engine_model_io(built, path.name), provenance))
+        manifests.append(built)
+    ccs = [m.compute_capability for m in manifests]
+    if len(set(ccs)) < len(ccs):
+        twice = next(cc for cc in ccs if ccs.count(cc) > 1)
+        raise InputError(f"several engines are built for sm {twice}: give one engine per compute capability")
+    first = sources[0]
+    for a in sources[1:]:
+        if (a.io.inputs, a.io.outputs) != (first.io.inputs, first.io.outputs):
+            raise InputError(
+                f"{a.source.name} and {first.source.name} have different inputs or outputs: build both from one ONNX file"
+            )
+    versions = sorted({m.tensorrt_version for m in manifests})
+    if len(versions) > 1 and not all(m.version_compatible for m in manifests):
+        raise InputError(f"the engines were built with TensorRT {' and '.join(versions)}; one Triton release runs one TensorRT")
+    notes = [f"serve with a Triton release on TensorRT {versions[-1]}: an engine runs only under the TensorRT that built it"]
+    if len(sources) > 1:
+        mapping = ", ".join(f"sm {a.provenance['compute_capability']} -> {a.file}" for a in sources)
+        notes.append(f"engines by GPU: {mapping}; other GPUs load the default {first.file}")
+    return TRT_PLATFORM, sources, notes
+
+
+def _io_from_source(built: BuildManifest, engine: Path) -> dict[str, list[dict[str, Any]]]:
+    """Inputs and outputs of the ONNX an older manifest names, if it is still there unchanged."""
+    import onnx
+
+    src = Path(built.onnx_path)
+    if not src.is_file():
+        raise InputError(
+            f"{engine.name}: its manifest predates recorded inputs and outputs, and its ONNX {src} is gone: rebuild the engine"
+        )
+    if file_sha256(src) != built.onnx_sha256:
+        raise InputError(f"{engine.name}: its ONNX {src} changed since the engine was built: rebuild the engine")
+    return onnx_io(onnx.load(os.fspath(src), load_external_data=False))
+
+
+def _max_batch_size(io: ModelIO, max_batch: int | None) -> int:
+    """``max_batch_size``: ``max_batch`` checked against the model, or the model's largest batch."""
+    if max_batch is not None and max_batch < 0:
+        raise InputError(f"--max-batch {max_batch}: must be 0 or more")
+    if not io.batches:
+        if max_batch:
+            raise InputError(
+                f"--max-batch {max_batch}: the model has no batch axis ({io.fixed_axis()}), so Triton serves it with "
+                "max_batch_size 0: leave --max-batch out, or export with --dynamic batch"
+            )
+        return 0
+    if max_batch is None:
+        return io.max_batch
+    if max_batch == 0:
+        raise InputError(
+            f"--max-batch 0: axis 0 of every input and output varies, so Triton's auto-complete would set max_batch_size "
+            f"itself; give 1 to {io.max_batch}"
+        )
+    if max_batch > io.max_batch:
+        raise InputError(f"--max-batch {max_batch} is larger than {io.limit_from}'s max batch {io.max_batch}")
+    return max_batch
+
+
+def _triton_type(t: Tensor) -> str:
+    if t.dtype not in TRITON_TYPES:
+        raise InputError(f"{t.name!r} has dtype {t.dtype}, which Triton has no data type for")
+    return TRITON_TYPES[t.dtype]
+
+
+def _dims(t: Tensor, max_batch_size: int) -> list[int]:
+    """Config dims: the shape without axis 0 when Triton batches, else the full shape."""
+    if max_batch_size == 0:
+        return list(t.dims)
+    if len(t.dims) == 1:
+        raise InputError(f"{t.name!r} has only a batch axis; Triton would need a reshape, which wconv-deploy does not write")
+    return list(t.dims[1:])
+
+
+def _write_entry(
+    stage: Path, name: str, version: int, platform: str, sources: list[_Artifact], config: str, options: dict[str, Any]
+) -> dict[str, str]:
+    """Write config.pbtxt, the model files and manifest.json into ``stage``; returns each file's sha256."""
+    from wconv_deploy import __version__
+
+    (stage / "config.pbtxt").write_text(config)
+    folder = stage / str(version)
+    folder.mkdir()
+    for a in sources:
+        shutil.copyfile(a.source, folder / a.file)
+        for data in a.data_files:
+            shutil.copyfile(a.source.parent / data, folder / data)
+    files = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+    manifest = {
+        "name": name,
+        "version": version,
+        "platform": platform,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wconv_deploy_version": __version__,
+        "options": options,
+        "files": files,
+        "artifacts": [
+            {"file": f"{version}/{a.file}", "source": os.fspath(a.source.resolve()), "sha256": files[f"{version}/{a.file}"]}
+            | a.provenance
+            for a in sources
+        ],
+    }
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return files
+
+
+def _swap_in(stage: Path, dest: Path) -> bool:
+    """Rename ``stage`` to ``dest``; an existing ``dest`` is moved aside first and deleted once the
+    new one is in place (put back if the rename fails). Returns whether one was replaced."""
+    if not dest.exists():
+        os.rename(stage, dest)
+        return False
+    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
+    os.rename(dest, old)
+    try:
+        os.rename(stage, dest)
+    except OSError:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old)
+    return True
