@@ -137,6 +137,20 @@ def _tolerance_options(f: Any) -> Any:
     return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
 
 
+def _resolve_spec(model: str, input_shape: str | None, dynamic: str | None) -> Any:
+    """The InputSpec from --input-shape/--dynamic; a zoo model's own defaults fill in what is missing."""
+    from wconv_deploy.spec import InputSpec
+
+    if not input_shape and model.startswith("zoo:"):
+        from wconv_deploy.zoo.registry import default_spec_args
+
+        input_shape, default_dynamic = default_spec_args(model)
+        dynamic = dynamic or default_dynamic
+    if not input_shape:
+        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
+    return InputSpec.parse(input_shape, dynamic)
+
+
 def _progress(as_json: bool) -> Any:
     """Progress lines on stdout (stderr is kept for the one-line error); none with --json."""
     return None if as_json else (lambda msg: click.echo(f"... {msg}"))
@@ -181,16 +195,8 @@ def export(
     report is written beside it as OUTPUT.report.json.
     """
     from wconv_deploy.exporters.onnx import export_onnx, report_json
-    from wconv_deploy.spec import InputSpec
 
-    if not input_shape and model.startswith("zoo:"):
-        from wconv_deploy.zoo.registry import default_spec_args
-
-        input_shape, default_dynamic = default_spec_args(model)
-        dynamic = dynamic or default_dynamic
-    if not input_shape:
-        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
-    spec = InputSpec.parse(input_shape, dynamic)
+    spec = _resolve_spec(model, input_shape, dynamic)
     report = export_onnx(
         model,
         output,
@@ -386,6 +392,129 @@ def build(
         progress=_progress(as_json),
     )
     click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else manifest.render())
+
+
+@cli.command()
+@click.argument("artifacts", nargs=-1, metavar="ARTIFACT...", type=click.Path(path_type=Path))
+@click.option("--repo", type=click.Path(file_okay=False, path_type=Path), help="Triton model repository to write into.")
+@click.option("--name", metavar="NAME", help="Model name: the folder REPO/NAME (an existing one is replaced).")
+@click.option("--version", type=int, default=1, show_default=True, help="Version folder to write.")
+@click.option("--max-batch", type=int, help="max_batch_size [the export's or the profile's max batch; 0 without a batch axis].")
+@click.option("--instances", type=int, default=1, show_default=True, help="Instances of the model (instance_group count).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), help="Where the instances run [gpu for engines, cpu for ONNX].")
+@click.option("--dynamic-batching", is_flag=True, help="Let Triton combine requests into batches.")
+@click.option("--preferred-batch", metavar="N,...", help="Batch sizes the dynamic batcher aims for, e.g. 4,8.")
+@click.option("--max-queue-delay-us", type=int, metavar="US", help="Longest a request waits for its batch to fill.")
+@click.option(
+    "--check",
+    "check_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="Check the Triton repository DIR offline instead.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def package(
+    artifacts: tuple[Path, ...],
+    repo: Path | None,
+    name: str | None,
+    version: int,
+    max_batch: int | None,
+    instances: int,
+    kind: str | None,
+    dynamic_batching: bool,
+    preferred_batch: str | None,
+    max_queue_delay_us: int | None,
+    check_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Write ARTIFACT as the Triton model REPO/NAME and check it offline: an exported ONNX file, or
+    TensorRT engines (each with its manifest; one per GPU compute capability). With --check DIR,
+    check every model of a Triton repository instead: configs against the files beside them.
+
+    Dims and max_batch_size follow the export's input spec (or the engine's profile); the entry is
+    written beside REPO/NAME and swapped in only once complete and checked.
+    """
+    from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.ship.triton import check_repository
+    from wconv_deploy.ship.triton import package as package_model
+
+    if check_dir is not None:
+        if artifacts or repo or name:
+            raise InputError("--check DIR checks a repository: give it without ARTIFACT, --repo and --name")
+        check = check_repository(check_dir)
+        click.echo(report_json(check.to_dict()) if as_json else check.render())
+        if not check.passed:
+            raise MismatchError(f"the Triton repository {check_dir} fails its check (see the report above)")
+        return
+    if not artifacts or repo is None or name is None:
+        raise InputError("give ARTIFACT..., --repo DIR and --name NAME (or --check DIR)")
+    report = package_model(
+        artifacts,
+        repo,
+        name,
+        version=version,
+        max_batch=max_batch,
+        instances=instances,
+        kind=kind,
+        dynamic_batching=dynamic_batching,
+        preferred_batch=_int_list(preferred_batch, "--preferred-batch") if preferred_batch else (),
+        max_queue_delay_us=max_queue_delay_us,
+        progress=_progress(as_json),
+    )
+    click.echo(report_json(report.to_dict()) if as_json else report.render())
+
+
+@cli.command("deploy")
+@_model_options
+@_spec_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every artifact.")
+@click.option(
+    "--precision",
+    "precisions",
+    default="fp32",
+    show_default=True,
+    metavar="LIST",
+    help="Comma-separated precisions to make: fp32, fp16, int8 (fp32 is always exported).",
+)
+@click.option("--calibration", type=click.Path(path_type=Path), help="int8 calibration inputs: an .npz or a folder of images.")
+@click.option("--name", help="Triton model name prefix [the model file's stem].")
+@click.option("--bench-duration-s", type=float, default=1.0, show_default=True, help="Time spent timing each runtime.")
+@click.option("--no-package", is_flag=True, help="Stop before writing the Triton model repository.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final table as JSON.")
+def deploy_cmd(
+    model: str,
+    trust_pickle: bool,
+    arch: str | None,
+    checkpoint_key: str | None,
+    input_shape: str | None,
+    dynamic: str | None,
+    out: Path,
+    precisions: str,
+    calibration: Path | None,
+    name: str | None,
+    bench_duration_s: float,
+    no_package: bool,
+    as_json: bool,
+) -> None:
+    """Export, validate, convert, build (TensorRT, when here), benchmark and package MODEL for
+    Triton in one go, ending with one table (also written to OUT/deploy.json)."""
+    from wconv_deploy.deploy import deploy
+
+    report = deploy(
+        model,
+        _resolve_spec(model, input_shape, dynamic),
+        out,
+        precisions=[p.strip() for p in precisions.split(",") if p.strip()],
+        calibration=calibration,
+        name=name,
+        trust_pickle=trust_pickle,
+        arch=arch,
+        checkpoint_key=checkpoint_key,
+        bench_duration_s=bench_duration_s,
+        package=not no_package,
+        progress=_progress(as_json),
+    )
+    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())
 
 
 DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
