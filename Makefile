@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # multi-GB CUDA build. Users with GPUs install their own torch first; we install it only if absent.
 TORCH_CPU := torch==2.13.0
 # Every extra that installs on a CPU-only machine (gpu would conflict with cpu: same module).
-EXTRAS := dev,cpu,openvino,plot
+EXTRAS := dev,cpu,openvino,plot,serve
 
 .PHONY: demo test lint typecheck clean
 

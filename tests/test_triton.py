@@ -267,7 +267,14 @@ def test_package_one_engine(mc: Any, batched: Path, tmp_path: Path) -> None:
     [artifact] = json.loads((folder / "manifest.json").read_text())["artifacts"]
     assert BuildManifest.from_dict(artifact["build_manifest"]) == BuildManifest.read(manifest_path(engine))
     assert artifact["compute_capability"] == "9.0"
+    assert BuildManifest.read(folder / "1" / "model.plan.json") == BuildManifest.read(
+        manifest_path(engine)
+    )  # for the trt runtime
     assert report.check.passed and any("TensorRT 10.3.0" in n for n in report.notes)
+    from wconv_deploy.ship.serve import resolve_target
+
+    served = resolve_target(tmp_path / "repo")  # what `wconv-deploy serve` would run (no GPU needed to resolve)
+    assert (served.name, served.artifact, served.runtime, served.max_batch) == ("trt", folder / "1" / "model.plan", "trt", 4)
     with pytest.raises(InputError, match="--max-batch 8 is larger than the profile's max batch 4"):
         package([engine], tmp_path / "repo", "trt", max_batch=8)
 

@@ -520,6 +520,79 @@ def deploy_cmd(
 DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
 
 
+SERVE_RUNTIMES = ["ort-cpu", "ort-cuda", "ort-trt", "openvino", "openvino-bf16", "trt", "trt-graph"]
+
+
+@cli.command(name="serve")
+@click.argument("target", metavar="DIR_OR_ARTIFACT", type=click.Path(path_type=Path))
+@click.option("--port", "http_port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1 (0: any free port).")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port on 127.0.0.1 (0: any free port).")
+@click.option("--name", help="Model name [config.pbtxt's, else the file's stem]; in a repository, the model to serve.")
+@click.option("--runtime", type=click.Choice(SERVE_RUNTIMES), help="What runs the model [ort-cpu for ONNX, trt for engines].")
+@click.option("--max-batch", type=int, help="Triton's max_batch_size [config.pbtxt's, else the model's batch maximum].")
+@click.option("--trust-pickle", is_flag=True, help="Let a version-compatible TensorRT engine run its embedded code.")
+def serve_cmd(
+    target: Path, http_port: int, grpc_port: int, name: str | None, runtime: str | None, max_batch: int | None, trust_pickle: bool
+) -> None:
+    """Serve an ONNX file, a TensorRT engine (.plan with its .plan.json) or a model folder from
+    wconv-deploy package over Triton's HTTP and gRPC protocols on 127.0.0.1, until Ctrl-C.
+
+    For local testing: PyTriton runs Triton Inference Server and the model runs in this process
+    (needs the serve extra: pip install 'wconv-deploy[serve]')."""
+    from wconv_deploy.ship.serve import serve
+
+    serve(
+        target,
+        name=name,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        runtime=runtime,
+        max_batch=max_batch,
+        trust_code=trust_pickle,
+        progress=_progress(False),
+    )
+
+
+@cli.command(name="loadtest")
+@click.argument("url")
+@click.option("--model", required=True, help="Name of the model on the server.")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Concurrent clients, one level each, e.g. 1,4,16.")
+@click.option("--duration-s", type=float, default=10.0, show_default=True, help="Measured seconds per level.")
+@click.option("--warmup-s", type=float, default=1.0, show_default=True, help="Unmeasured seconds before each level.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size of every request (models that batch).")
+@click.option("--shape", metavar="SPEC", help="Full input shapes like --input-shape (input:1x1x64x64): for variable axes.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), help="For a URL without http:// or grpc:// [http].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def loadtest_cmd(
+    url: str,
+    model: str,
+    concurrency: str,
+    duration_s: float,
+    warmup_s: float,
+    batch: int,
+    shape: str | None,
+    protocol: str | None,
+    as_json: bool,
+) -> None:
+    """Measure latency percentiles and throughput of a model served by Triton at URL
+    (http://HOST:PORT or grpc://HOST:PORT), closed loop, at each --concurrency."""
+    from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.ship.loadtest import loadtest, parse_shapes
+
+    report = loadtest(
+        url,
+        model,
+        concurrency=_int_list(concurrency, "--concurrency"),
+        duration_s=duration_s,
+        protocol=protocol,
+        batch=batch,
+        shapes=parse_shapes(shape) if shape else None,
+        warmup_s=warmup_s,
+        progress=_progress(as_json),
+    )
+    click.echo(report_json(report.to_dict()) if as_json else report.render())
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]

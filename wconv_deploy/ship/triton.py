@@ -733,6 +733,8 @@ def _write_entry(
     folder.mkdir()
     for a in sources:
         shutil.copyfile(a.source, folder / a.file)
+        if "build_manifest" in a.provenance:  # beside the engine, so the trt runtime checks it before loading
+            (folder / f"{a.file}.json").write_text(json.dumps(a.provenance["build_manifest"], indent=2) + "\n")
         for data in a.data_files:
             shutil.copyfile(a.source.parent / data, folder / data)
     files = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}

@@ -1,0 +1,523 @@
+"""Serve an exported model over Triton's HTTP and gRPC protocols on 127.0.0.1, for local testing.
+
+PyTriton (the ``serve`` extra) starts NVIDIA's Triton Inference Server as a child process and
+hands every request to a Python callable in this process, which runs the model through a
+wconv-deploy :class:`~wconv_deploy.runtimes.Runtime` (ONNX Runtime, OpenVINO or a TensorRT
+engine). Clients see a real Triton server: metadata, model config, health and inference over
+both protocols, with Triton's dynamic batcher merging requests up to the model's batch range.
+
+What a served model is comes from the shared shape spec: an ONNX file's ``spec_from_onnx``, an
+engine's build manifest (``ENGINE.json``: its optimisation profile), or a model folder written
+by ``wconv-deploy package`` (``config.pbtxt`` for the name and ``max_batch_size``, the highest
+version folder for ``model.onnx``/``model.plan``).
+
+The environment Triton's Python backend needs is provided here, not asked of the user:
+
+* its stub process embeds ``libpython``; with a Python outside the system paths (pyenv, a
+  custom build) the loader would pick the system's libpython of another patch release, whose
+  stdlib does not match, so this Python's ``LIBDIR`` goes first on ``LD_LIBRARY_PATH``. A
+  Python without a shared libpython cannot host the backend: a one-line error says so;
+* requests cross processes through ``/dev/shm``; a small one (Docker's default 64 MB) gets a
+  warning naming ``--shm-size``;
+* PyTriton's workspace (with copies of Triton's programs, so not on a noexec mount) and
+  Triton's log live in a private temporary folder (not ``~/.cache``), removed on stop; the
+  log's last error line explains a failed start;
+* the ports are checked (or chosen) before Triton starts, so a busy one is a clear error.
+
+Stopping stops Triton, then kills whatever process still names that private folder (Triton,
+its backend stubs) and their children, so nothing outlives the :class:`Server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from wconv_deploy.errors import InputError, first_line
+from wconv_deploy.runtimes import RUNTIMES, Runtime, create_runtime
+from wconv_deploy.spec import AXIS_NAMES, Dim, InputSpec, TensorSpec
+from wconv_deploy.validate import spec_from_onnx
+
+SERVE_HINT = "pip install 'wconv-deploy[serve]'"
+HOST = "127.0.0.1"
+#: Below this much free space in /dev/shm, larger requests may fail: warn.
+SHM_WARN_BYTES = 256 << 20
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+Progress = Callable[[str], None]
+
+
+def require_extra(module: str) -> Any:
+    """Import ``module`` of the ``serve`` extra (pytriton, tritonclient), or a one-line InputError
+    naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise InputError(f"{module} is not available ({first_line(e)}): {SERVE_HINT}") from None
+
+
+# --------------------------------------------------------------------------- what to serve
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A resolved serve target: the artifact, the runtime that runs it and its inputs.
+    ``max_batch`` is Triton's ``max_batch_size`` (0: the first axis is not a dynamic batch)."""
+
+    name: str
+    artifact: Path
+    runtime: str
+    spec: InputSpec
+    max_batch: int
+    version: int = 1
+
+
+def resolve_target(
+    target: str | os.PathLike[str], *, name: str | None = None, runtime: str | None = None, max_batch: int | None = None
+) -> ServedModel:
+    """What serving ``target`` means: an ONNX file, a TensorRT engine (``.plan``/``.engine``
+    with its manifest), a model folder (``config.pbtxt`` and version folders) or a model
+    repository (folders of those; ``name`` picks one when there are several).
+
+    ``runtime`` defaults to ``ort-cpu`` for ONNX and ``trt`` for engines; ``max_batch``
+    defaults to ``config.pbtxt``'s, else the spec's batch maximum, and cannot exceed the latter.
+    InputError (one line) for anything that cannot be served."""
+    path = Path(target)
+    version, config_batch = 1, None
+    if path.is_dir():
+        model_dir = _model_dir(path, name)
+        config = _read_config(model_dir / "config.pbtxt")
+        name = name or config.name or model_dir.name
+        config_batch = config.max_batch_size or None
+        version, path = _artifact_in(model_dir, runtime, _engine_file_for_this_gpu(config))
+    elif not path.is_file():
+        raise InputError(f"{path} does not exist")
+    kind = _artifact_kind(path)
+    runtime = runtime or ("trt" if kind == "engine" else "ort-cpu")
+    if RUNTIMES.get(runtime) not in ("onnx", "engine"):
+        served = ", ".join(r for r, k in RUNTIMES.items() if k in ("onnx", "engine"))
+        raise InputError(f"runtime {runtime!r} cannot serve a file (use one of: {served})")
+    if RUNTIMES[runtime] != kind:
+        needs = "a TensorRT engine (wconv-deploy build makes one)" if RUNTIMES[runtime] == "engine" else "an ONNX file"
+        raise InputError(f"runtime {runtime} needs {needs}, not {path.name}")
+    spec = _engine_spec(path) if kind == "engine" else spec_from_onnx(path)
+    name = name or path.stem
+    if not _MODEL_NAME.match(name):
+        raise InputError(f"{name!r} is not a valid model name (letters, digits, '_', '.', '-')")
+    return ServedModel(name, path, runtime, spec, _max_batch(spec, max_batch, config_batch), version)
+
+
+def _artifact_kind(path: Path) -> str:
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if path.suffix.lower() in (".plan", ".engine"):
+        return "engine"
+    raise InputError(f"{path} is not an ONNX file (.onnx), a TensorRT engine (.plan, .engine) or a model folder")
+
+
+def _model_dir(path: Path, name: str | None) -> Path:
+    """``path`` itself if it holds a config.pbtxt, else its one model folder (or the one named)."""
+    if (path / "config.pbtxt").is_file():
+        return path
+    models = sorted(d.name for d in path.iterdir() if (d / "config.pbtxt").is_file())
+    if name in models:
+        return path / str(name)
+    if len(models) == 1 and name is None:
+        return path / models[0]
+    if not models:
+        raise InputError(f"{path} is not a model repository: no folder in it holds a config.pbtxt")
+    wanted = f"no model {name!r}" if name else "several models"
+    raise InputError(f"{path}: {wanted}; pick one with --name ({', '.join(models)})")
+
+
+def _read_config(path: Path) -> Any:
+    """``config.pbtxt`` as Triton's ModelConfig message (InputError if it is not one)."""
+    from google.protobuf import text_format
+
+    model_config_pb2 = require_extra("tritonclient.grpc.model_config_pb2")
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        raise InputError(f"{path} is not a readable Triton model config ({first_line(e)})") from None
+
+
+def _artifact_in(model_dir: Path, runtime: str | None, engine_file: str = "model.plan") -> tuple[int, Path]:
+    """The highest version folder's model file: the one ``runtime`` runs, else model.onnx, else
+    the engine (``engine_file``: the one config.pbtxt names for this GPU)."""
+    by_kind = {"onnx": ["model.onnx"], "engine": [engine_file]}
+    names = by_kind.get(RUNTIMES.get(runtime or "", ""), ["model.onnx", engine_file])
+    versions = sorted((int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()), reverse=True)
+    for v in versions:
+        for file in names:
+            if (model_dir / str(v) / file).is_file():
+                return v, model_dir / str(v) / file
+    raise InputError(f"{model_dir}: no version folder holds {' or '.join(names)}")
+
+
+def _engine_file_for_this_gpu(config: Any) -> str:
+    """The engine Triton would load here: cc_model_filenames' entry for this GPU's compute
+    capability, else default_model_filename, else model.plan."""
+    default = config.default_model_filename or "model.plan"
+    if not config.cc_model_filenames:
+        return str(default)
+    try:
+        import torch
+
+        major, minor = torch.cuda.get_device_capability(0)
+    except Exception:  # no CUDA device: the default file (the trt runtime will say why it cannot run)
+        return str(default)
+    return str(config.cc_model_filenames.get(f"{major}.{minor}", default))
+
+
+def _engine_spec(path: Path) -> InputSpec:
+    """An engine's inputs from its build manifest's optimisation profile (float32 inputs)."""
+    from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path
+
+    if not manifest_path(path).is_file():
+        raise InputError(f"{path} has no manifest {manifest_path(path).name}: serve engines made by wconv-deploy build")
+    manifest = BuildManifest.read(manifest_path(path))
+    if not manifest.profiles:
+        raise InputError(f"{manifest_path(path)} records no optimisation profile")
+    inputs = []
+    for input_name, shapes in manifest.profiles[0].items():
+        lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
+        if len(opt) not in AXIS_NAMES:
+            raise InputError(f"{path}: input {input_name} has rank {len(opt)}; ranks 1 to 5 are supported")
+        dims = tuple(Dim(n, o, lo_, hi_) for n, lo_, o, hi_ in zip(AXIS_NAMES[len(opt)], lo, opt, hi))
+        inputs.append(TensorSpec(input_name, dims))
+    return InputSpec(tuple(inputs))
+
+
+def _max_batch(spec: InputSpec, wanted: int | None, config_batch: int | None) -> int:
+    first = [t.dims[0] for t in spec.inputs]
+    if not all(d.name == "batch" and d.dynamic for d in first):
+        if wanted:
+            raise InputError(f"the model's first axis is not a dynamic batch ({spec}): it cannot batch")
+        return 0
+    limit = min(d.max for d in first)
+    if wanted is not None and not 1 <= wanted <= limit:
+        raise InputError(f"max batch {wanted} is outside the model's batch range 1..{limit}")
+    return wanted or min(config_batch or limit, limit)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class _Tensor(NamedTuple):
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # without the batch axis when the model batches; -1: variable
+
+
+class Server:
+    """A running Triton server for one model; a context manager that stops it on exit.
+
+    ``http_url`` and ``grpc_url`` (``http://127.0.0.1:PORT``, ``grpc://127.0.0.1:PORT``) are
+    what :func:`~wconv_deploy.ship.loadtest.loadtest` and tritonclient take (tritonclient wants
+    them without the scheme)."""
+
+    def __init__(self, triton: Any, model: ServedModel, http_port: int, grpc_port: int, workdir: Path) -> None:
+        self._triton = triton
+        self._workdir = workdir
+        self._stopped = False
+        self.model = model
+        self.model_name = model.name
+        self.http_url = f"http://{HOST}:{http_port}"
+        self.grpc_url = f"grpc://{HOST}:{grpc_port}"
+
+    def pids(self) -> list[int]:
+        """The server's processes (Triton, its backend stubs, their children)."""
+        return _processes_naming(str(self._workdir))
+
+    def is_alive(self) -> bool:
+        return not self._stopped and bool(self._triton.is_alive())
+
+    def stop(self) -> None:
+        """Stop Triton and every process of it; idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:  # PyTriton echoes Triton's own stdout ("Signal (2) received."): keep ours clean
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._triton.stop()
+        finally:  # also after a second Ctrl-C or a failed stop: nothing may outlive the server
+            for pid in self.pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def log_error(self) -> str | None:
+        """The last error line in Triton's log, if any (it explains a failed start)."""
+        try:
+            lines = (self._workdir / "tritonserver.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return None
+        errors = [ln.split("] ", 1)[-1].strip() for ln in lines if ln.startswith("E")]
+        if not errors:
+            return None
+        # one line: the message's start and, when it quotes a Python traceback, its final error
+        text = [t.strip() for t in errors[-1].strip('"').replace('\\"', '"').split("\\n") if t.strip()]
+        head = text[0].removesuffix("Traceback (most recent call last):").strip()
+        raised = [t for t in text[1:] if re.match(r"^[\w.]+(Error|Exception)\b", t)]
+        return f"{head} {raised[-1]}" if raised else head
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def start_server(
+    target: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    http_port: int = 0,
+    grpc_port: int = 0,
+    runtime: str | None = None,
+    max_batch: int | None = None,
+    trust_code: bool = False,
+    progress: Progress | None = None,
+) -> Server:
+    """Serve ``target`` (see :func:`resolve_target`) on 127.0.0.1 and return once the model is
+    ready. Port 0 picks a free port. Use as ``with start_server(...) as server:``; the server
+    and its processes are stopped on exit, also on an exception or Ctrl-C. ``trust_code`` lets
+    a version-compatible TensorRT engine run the code embedded in it."""
+    say = progress or (lambda _msg: None)
+    triton_mod = require_extra("pytriton.triton")
+    config_mod = require_extra("pytriton.model_config")
+    model = resolve_target(target, name=name, runtime=runtime, max_batch=max_batch)
+    libdir = _libpython_dir()
+    say(f"loading {model.artifact} with {model.runtime}")
+    rt = create_runtime(
+        model.runtime, onnx_path=model.artifact, engine_path=model.artifact, input_names=model.spec.names, trust_code=trust_code
+    )
+    inputs, outputs = _signature(model, rt)
+    http_port, grpc_port = _free_ports(http_port, grpc_port)
+    _check_shm(say)
+
+    workdir = _workdir()
+    config = triton_mod.TritonConfig(
+        http_address=HOST,
+        http_port=http_port,
+        grpc_address=HOST,
+        grpc_port=grpc_port,
+        allow_metrics=False,
+        log_file=workdir / "tritonserver.log",
+        exit_timeout_secs=5,
+    )
+    start = time.perf_counter()
+    server = Server(triton_mod.Triton(config=config, workspace=workdir / "workspace"), model, http_port, grpc_port, workdir)
+    try:
+        server._triton.bind(
+            model_name=model.name,
+            model_version=model.version,
+            infer_func=_infer_function(rt, model, [o.name for o in outputs]),
+            inputs=[config_mod.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.shape) for t in inputs],
+            outputs=[config_mod.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.shape) for t in outputs],
+            config=config_mod.ModelConfig(batching=bool(model.max_batch), max_batch_size=model.max_batch),  # dynamic batcher
+        )
+        say(f"starting Triton Inference Server on {HOST} (http {http_port}, grpc {grpc_port})")
+        with _prepended_env("LD_LIBRARY_PATH", libdir):
+            server._triton.run()
+    except Exception as e:
+        detail = server.log_error() or first_line(e)
+        server.stop()
+        raise InputError(f"Triton Inference Server did not start: {detail}") from None
+    except BaseException:
+        server.stop()
+        raise
+    say(f"serving {model.name} (version {model.version}, max batch {model.max_batch}) in {time.perf_counter() - start:.1f} s")
+    return server
+
+
+def serve(
+    target: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    http_port: int = 0,
+    grpc_port: int = 0,
+    runtime: str | None = None,
+    max_batch: int | None = None,
+    trust_code: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Serve ``target`` until Ctrl-C (the CLI's ``serve``); InputError if the server dies."""
+    say = progress or (lambda _msg: None)
+    with start_server(
+        target,
+        name=name,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        runtime=runtime,
+        max_batch=max_batch,
+        trust_code=trust_code,
+        progress=progress,
+    ) as server:
+        say(f"{server.model_name} ready at {server.http_url} and {server.grpc_url}; Ctrl-C stops")
+        try:
+            while server.is_alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            say("stopping")
+            return
+        error = server.log_error()
+        raise InputError("the server stopped unexpectedly" + (f": {error}" if error else ""))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _signature(model: ServedModel, rt: Runtime) -> tuple[list[_Tensor], list[_Tensor]]:
+    """Triton's view of the inputs and outputs. A warm-up run at the optimum shapes checks the
+    runtime and gives the outputs' dtypes; their shapes come from the ONNX graph when there is
+    one (-1 for every axis of an engine's outputs)."""
+    skip = 1 if model.max_batch else 0
+    inputs = [_Tensor(t.name, t.dtype, tuple(-1 if d.dynamic else d.opt for d in t.dims[skip:])) for t in model.spec.inputs]
+    feeds = {t.name: x.numpy() for t, x in zip(model.spec.inputs, model.spec.example_inputs())}
+    try:
+        results = rt.run(feeds)
+    except Exception as e:  # each runtime raises its own types
+        raise InputError(f"{model.runtime} cannot run {model.artifact.name}: {first_line(e)}") from None
+    if model.artifact.suffix.lower() == ".onnx":
+        graph = _onnx_outputs(model.artifact)
+        names, shapes = [n for n, _ in graph], [s[skip:] for _, s in graph]
+    else:
+        names = list(getattr(rt, "output_names", [f"output_{i}" for i in range(len(results))]))
+        shapes = [(-1,) * (r.ndim - skip) for r in results]
+    if len(names) != len(results):
+        raise InputError(f"{model.artifact.name} declares {len(names)} outputs but {model.runtime} returned {len(results)}")
+    return inputs, [_Tensor(n, r.dtype.name, s) for n, r, s in zip(names, results, shapes)]
+
+
+def _onnx_outputs(path: Path) -> list[tuple[str, tuple[int, ...]]]:
+    """The graph's outputs: names and shapes (-1 for a symbolic or unknown axis)."""
+    import onnx
+
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    return [
+        (vi.name, tuple(d.dim_value if d.dim_value > 0 else -1 for d in vi.type.tensor_type.shape.dim)) for vi in graph.output
+    ]
+
+
+def _infer_function(rt: Runtime, model: ServedModel, output_names: list[str]) -> Callable[[list[Any]], list[dict[str, Any]]]:
+    """PyTriton's callable: requests (dicts of arrays) in, one dict of outputs per request out.
+    With batching, the requests the dynamic batcher groups (same shapes) run as one batch."""
+    spec, names = model.spec, model.spec.names
+
+    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        spec.check_arrays(dict(feeds))  # outside the spec's ranges: the client gets this message, not a runtime's
+        return rt.run(feeds)
+
+    def infer(requests: list[Any]) -> list[dict[str, Any]]:
+        if not model.max_batch:
+            return [dict(zip(output_names, run({n: r[n] for n in names}))) for r in requests]
+        sizes = np.cumsum([len(r[names[0]]) for r in requests])[:-1]
+        results = run({n: np.concatenate([r[n] for r in requests]) for n in names})
+        parts = [np.split(x, sizes) for x in results]
+        return [{n: p[i] for n, p in zip(output_names, parts)} for i in range(len(requests))]
+
+    return infer
+
+
+def _libpython_dir() -> str:
+    """This Python's LIBDIR, which must hold its shared libpython (the backend stub loads it)."""
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not libdir or not (Path(libdir) / str(soname)).is_file():
+        raise InputError(
+            "this Python has no shared libpython, which Triton's Python backend loads: use a Python built "
+            "with --enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install ...)"
+        )
+    return str(libdir)
+
+
+@contextlib.contextmanager
+def _prepended_env(key: str, value: str) -> Iterator[None]:
+    """``os.environ[key]`` with ``value`` first while the server process starts (it copies the environment)."""
+    old = os.environ.get(key)
+    os.environ[key] = value + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _free_ports(*wanted: int) -> list[int]:
+    """The ports asked for (InputError if one is taken on 127.0.0.1), a free one for each 0."""
+    sockets = []
+    try:
+        for port in wanted:
+            s = socket.socket()
+            sockets.append(s)
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                raise InputError(f"port {port} on {HOST} is in use; pick another (0: any free port)") from None
+        if len({s.getsockname()[1] for s in sockets}) != len(sockets):
+            raise InputError(f"the HTTP and gRPC ports must differ (got {', '.join(map(str, wanted))})")
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _workdir() -> Path:
+    """A private temporary folder for PyTriton's workspace, from which Triton's binaries run."""
+    workdir = Path(tempfile.mkdtemp(prefix="wconv-serve-"))
+    if os.statvfs(workdir).f_flag & os.ST_NOEXEC:
+        workdir.rmdir()
+        raise InputError(f"{workdir.parent} is mounted noexec and Triton runs from there: set TMPDIR to another folder")
+    return workdir
+
+
+def _check_shm(say: Progress) -> None:
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        raise InputError("/dev/shm is missing; Triton's Python backend passes tensors through it") from None
+    if free < SHM_WARN_BYTES:
+        say(f"warning: only {free >> 20} MiB free in /dev/shm; large requests may fail (docker run --shm-size=1g)")
+
+
+def _processes_naming(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker``, and all their descendants (Linux /proc)."""
+    parent: dict[int, int] = {}
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:  # it just exited
+            continue
+        parent[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        if marker.encode() in cmdline:
+            found.add(int(entry))
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
