@@ -148,9 +148,9 @@ def _model_dir(path: Path, name: str | None) -> Path:
 
 def _read_config(path: Path) -> Any:
     """``config.pbtxt`` as Triton's ModelConfig message (InputError if it is not one)."""
-    from google.protobuf import text_format
+    from wconv_deploy.ship.triton import import_model_config
 
-    model_config_pb2 = require_extra("tritonclient.grpc.model_config_pb2")
+    model_config_pb2, text_format = import_model_config()
     try:
         return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
