@@ -158,6 +158,41 @@ def test_serves_a_model_repository_and_stops_on_ctrl_c(work: Path, tmp_path: Pat
     assert _triton_descendants() == before
 
 
+def test_cli_serve_stops_cleanly_on_sigterm(work: Path, tmp_path: Path) -> None:
+    """kill/systemd/docker stop send SIGTERM: Triton stops, nothing is left, exit 0."""
+    import signal
+    import subprocess
+    import tempfile
+    import time
+
+    tmpdir = Path(tempfile.mkdtemp(prefix="wcs", dir="/tmp"))  # short: Triton's sockets live in it
+    env = {**os.environ, "TMPDIR": str(tmpdir), "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "wconv_deploy", "serve", str(work / "small.onnx"), "--port", "0", "--grpc-port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        while "Ctrl-C stops" not in (line := proc.stdout.readline()):
+            assert line and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        assert list(tmpdir.glob("wconv-serve-*"))  # Triton's private workspace exists while it serves
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(tmpdir.glob("wconv-serve-*")) == []  # workspace removed (onnxruntime leaves its own .ses)
+    shutil.rmtree(tmpdir)
+
+
+def test_a_too_long_tmpdir_is_a_clear_error(work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    long_dir = tmp_path / ("x" * 80)
+    long_dir.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(long_dir))
+    with pytest.raises(InputError, match="too long a path for Triton's local sockets"):
+        start_server(work / "small.onnx")
+    assert list(long_dir.iterdir()) == []
+
+
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

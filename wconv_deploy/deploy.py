@@ -64,8 +64,11 @@ class DeployReport:
         lines = [format_table(head, rows)]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"{r.artifact} {r.runtime}: {r.note}" for r in self.rows if r.note]
-        if self.triton_repository:
-            lines.append(f"Triton model repository: {self.triton_repository} (wconv-deploy serve {self.triton_repository})")
+        served = next((r.triton_model for r in self.rows if r.triton_model), None)
+        if self.triton_repository and served:
+            lines.append(
+                f"Triton model repository: {self.triton_repository} (wconv-deploy serve {self.triton_repository} --name {served})"
+            )
         return "\n".join(lines)
 
 

@@ -360,27 +360,29 @@ def serve(
     trust_code: bool = False,
     progress: Progress | None = None,
 ) -> None:
-    """Serve ``target`` until Ctrl-C (the CLI's ``serve``); InputError if the server dies."""
+    """Serve ``target`` until Ctrl-C or SIGTERM (the CLI's ``serve``); InputError if the server
+    dies. Either signal stops Triton and removes its temporary folder."""
     say = progress or (lambda _msg: None)
-    with start_server(
-        target,
-        name=name,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        runtime=runtime,
-        max_batch=max_batch,
-        trust_code=trust_code,
-        progress=progress,
-    ) as server:
-        say(f"{server.model_name} ready at {server.http_url} and {server.grpc_url}; Ctrl-C stops")
+    with _sigterm_as_interrupt():
         try:
-            while server.is_alive():
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            say("stopping")
+            with start_server(
+                target,
+                name=name,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                runtime=runtime,
+                max_batch=max_batch,
+                trust_code=trust_code,
+                progress=progress,
+            ) as server:
+                say(f"{server.model_name} ready at {server.http_url} and {server.grpc_url}; Ctrl-C stops")
+                while server.is_alive():
+                    time.sleep(0.5)
+                error = server.log_error()
+        except KeyboardInterrupt:  # whenever it comes, the server has been stopped by now
+            say("stopped")
             return
-        error = server.log_error()
-        raise InputError("the server stopped unexpectedly" + (f": {error}" if error else ""))
+    raise InputError("the server stopped unexpectedly" + (f": {error}" if error else ""))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -482,9 +484,37 @@ def _free_ports(*wanted: int) -> list[int]:
             s.close()
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (kill, systemd, a container stopping) like Ctrl-C, so the server is
+    stopped and cleaned up rather than its process ending on the spot (main thread only)."""
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+#: The longest workspace path with which PyTriton's sockets still start (measured: 71 works, 86 fails).
+MAX_WORKDIR_CHARS = 72
+
+
 def _workdir() -> Path:
     """A private temporary folder for PyTriton's workspace, from which Triton's binaries run."""
     workdir = Path(tempfile.mkdtemp(prefix="wconv-serve-"))
+    if len(str(workdir)) > MAX_WORKDIR_CHARS:  # Unix socket paths inside it must fit in 108 bytes
+        workdir.rmdir()
+        raise InputError(
+            f"TMPDIR {workdir.parent} is too long a path for Triton's local sockets: set TMPDIR to a shorter folder (e.g. /tmp)"
+        )
     if os.statvfs(workdir).f_flag & os.ST_NOEXEC:
         workdir.rmdir()
         raise InputError(f"{workdir.parent} is mounted noexec and Triton runs from there: set TMPDIR to another folder")
