@@ -193,3 +193,29 @@ def test_cli_convert(work: Path, tmp_path: Path) -> None:
     calib = run_cli("convert", work / "den.onnx", "--precision", "int8", "--calibration", empty, "-o", tmp_path / "c.onnx")
     assert_one_line_error(calib, 2, "empty.npz")
     assert_one_line_error(run_cli("convert", work / "den.onnx", "--precision", "int4"), 2, "int4")
+
+
+def test_resnet18_variants_validate_and_run_in_onnxruntime_and_openvino(tmp_path: Path) -> None:
+    """The issue's CPU bar: fp16 and int8 ResNet-18 made, validated, and timed in both CPU runtimes."""
+    from wconv_deploy.bench import run_bench
+
+    fp32 = tmp_path / "r18.onnx"
+    export_onnx("zoo:resnet18_cifar", fp32, InputSpec.parse("input:1x3x32x32", "batch=1:4"))
+    ref = load_model("zoo:resnet18_cifar")
+    for precision in ("fp16", "int8"):
+        out = tmp_path / f"r18.{precision}.onnx"
+        report = convert_onnx(fp32, out, precision)  # the zoo reference is found through the metadata
+        assert report.validation is not None and report.validation.passed
+        assert report.task["top1_agreement"] >= 0.9
+        bench = run_bench(
+            runtimes=["ort-cpu", "openvino"],
+            spec=InputSpec.parse("input:1x3x32x32"),
+            model=ref.model,
+            onnx_path=out,
+            iterations=3,
+            min_duration_s=0.0,
+            warmup_ms=0,
+        )
+        for row in bench.rows:
+            assert row.stats is not None and row.stats.median_ms > 0, row.unavailable
+            assert precision in row.precision and not row.wrong, (row.runtime, row.max_rel_error)
