@@ -142,7 +142,7 @@ def deploy(
         say(f"step 2: convert to {precision}")
         onnx_files.update(_convert(fp32, folder / f"{stem}.{precision}.onnx", precision, loaded, calibration, report, say))
 
-    engines = _build_engines(onnx_files, folder, stem, [p for p in precisions], report, say)
+    engines = _build_engines(onnx_files, folder, stem, list(precisions), report, say)
 
     say("step 4: benchmark every artifact")
     report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, report, say)
@@ -249,9 +249,10 @@ def _package(report: DeployReport, repo: Path, stem: str, say: Progress) -> None
         return
     done: dict[str, str] = {}
     for row in report.rows:
-        if not row.file or not row.validation.startswith("pass") or row.file in done:
-            if row.file in done:
-                row.triton_model = done[row.file]
+        if row.file in done:  # the same file timed on another runtime
+            row.triton_model = done[row.file]
+            continue
+        if not row.file or not row.validation.startswith("pass"):
             continue
         engine = row.file.endswith(".plan")
         model_name = f"{stem}_trt_{row.precision}" if engine else f"{stem}_{row.precision}"

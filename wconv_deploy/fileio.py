@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,3 +29,12 @@ def write_text_atomic(dest: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``dest`` atomically."""
     with atomic_output(dest) as tmp:
         tmp.write_text(text)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (models can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -39,6 +38,7 @@ from torch import nn
 
 from wconv_deploy import nn as wnn
 from wconv_deploy.errors import InputError, first_line
+from wconv_deploy.fileio import file_sha256
 
 __all__ = ["CHECKPOINT_KEYS", "LoadedModel", "load_model", "resolve_arch"]
 
@@ -146,14 +146,6 @@ def _is_reference_name(full_name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- file sniffing
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -506,7 +498,7 @@ def load_model(
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     kind = _sniff(path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     notes: list[str] = []
 
     if kind == "torchscript":

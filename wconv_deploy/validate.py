@@ -348,7 +348,18 @@ def spec_from_onnx(onnx_path: str | os.PathLike[str]) -> InputSpec:
         model = onnx.load(os.fspath(onnx_path), load_external_data=False)
     except Exception as e:  # DecodeError and friends
         raise InputError(f"{onnx_path} is not a readable ONNX file ({type(e).__name__})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if "wconv_deploy.input_spec" not in props:
+    spec = spec_from_model(model, os.fspath(onnx_path))
+    if spec is None:
         raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
-    return InputSpec.from_dict(json.loads(props["wconv_deploy.input_spec"]))
+    return spec
+
+
+def spec_from_model(model: Any, where: str) -> InputSpec | None:
+    """The input spec stored in a loaded ONNX model's metadata, or None if it has none."""
+    text = next((p.value for p in model.metadata_props if p.key == "wconv_deploy.input_spec"), None)
+    if text is None:
+        return None
+    try:
+        return InputSpec.from_dict(json.loads(text))
+    except json.JSONDecodeError:
+        raise InputError(f"{where}: its wconv-deploy input spec is not JSON") from None

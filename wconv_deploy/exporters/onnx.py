@@ -358,11 +358,13 @@ def _stamp(model: onnx.ModelProto, loaded: LoadedModel | None, spec: InputSpec, 
         "wconv_deploy.exporter": exporter,
         "wconv_deploy.torch_version": torch.__version__,
     }
-    kept = [p for p in model.metadata_props if p.key not in props]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    update_metadata(model, props)
     model.producer_name, model.producer_version = "wconv-deploy", __version__
+
+
+def update_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    """Set ``props`` in the model's metadata, keeping the other entries it already has."""
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
 
 
 def default_output(model: str | os.PathLike[str]) -> Path:

@@ -233,10 +233,9 @@ def _toposort(graph: onnx.GraphProto) -> None:
 
 
 def _stamp(model: onnx.ModelProto, precision: str, keep: list[str]) -> None:
-    props = {p.key: p.value for p in model.metadata_props}
-    props.update({"wconv_deploy.precision": precision, "wconv_deploy.keep_fp32": json.dumps(keep)})
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, props)
+    from wconv_deploy.exporters.onnx import update_metadata
+
+    update_metadata(model, {"wconv_deploy.precision": precision, "wconv_deploy.keep_fp32": json.dumps(keep)})
 
 
 def _reference_from_metadata(model: onnx.ModelProto) -> Any:

@@ -21,7 +21,6 @@ before the runtime tries to deserialise the engine, so a mismatch is a readable 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wconv_deploy.errors import InputError, first_line
-from wconv_deploy.fileio import atomic_output, write_text_atomic
+from wconv_deploy.fileio import atomic_output, file_sha256, write_text_atomic
 from wconv_deploy.spec import InputSpec, TensorSpec
 
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself is imported lazily
@@ -365,14 +364,6 @@ def manifest_path(engine: str | os.PathLike[str]) -> Path:
     return Path(os.fspath(engine) + ".json")
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def onnx_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     """The graph's inputs and outputs: ``{"inputs": [...], "outputs": [...]}``, each tensor
     ``{"name", "dtype", "shape"}`` with NumPy-style dtype names (``float32``) and ``-1`` for a
@@ -492,11 +483,11 @@ def local_gpu() -> tuple[str, str]:
 def _spec_for(path: Path, model: onnx.ModelProto) -> InputSpec:
     """The input spec an export stored in the file; for a foreign ONNX, its static input shapes."""
     from wconv_deploy.spec import AXIS_NAMES, Dim
-    from wconv_deploy.validate import spec_from_onnx
+    from wconv_deploy.validate import spec_from_model
 
-    props = {p.key for p in model.metadata_props}
-    if "wconv_deploy.input_spec" in props:
-        return spec_from_onnx(path)
+    stored = spec_from_model(model, path.name)
+    if stored is not None:
+        return stored
     initializers = {t.name for t in model.graph.initializer}
     inputs = []
     for vi in model.graph.input:

@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from wconv_deploy.errors import InputError, MismatchError, first_line
-from wconv_deploy.exporters.tensorrt import BuildManifest, file_sha256, manifest_path, onnx_io
-from wconv_deploy.spec import InputSpec
+from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path, onnx_io
+from wconv_deploy.fileio import file_sha256
 from wconv_deploy.table import format_table
+from wconv_deploy.validate import spec_from_model
 
 Progress = Callable[[str], None]
 
@@ -138,12 +139,9 @@ def _read_onnx(path: Path) -> tuple[ModelIO, dict[str, str], list[str]]:
     except Exception as e:  # DecodeError and friends
         raise InputError(f"{path.name} is not a readable ONNX file ({type(e).__name__})") from None
     props = {p.key: p.value for p in model.metadata_props if p.key.startswith("wconv_deploy.")}
-    if "wconv_deploy.input_spec" not in props:
+    spec = spec_from_model(model, path.name)
+    if spec is None:
         raise InputError(f"{path.name} has no wconv-deploy input spec in its metadata: export it with wconv-deploy export")
-    try:
-        spec = InputSpec.from_dict(json.loads(props["wconv_deploy.input_spec"]))
-    except json.JSONDecodeError:
-        raise InputError(f"{path.name}: its wconv-deploy input spec is not JSON") from None
     graph = onnx_io(model)
     io = ModelIO(
         _tensors(graph["inputs"], path.name),
