@@ -6,7 +6,10 @@ one line on stderr; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -15,30 +18,49 @@ from typing import Any
 import click
 
 from wconv_deploy import __version__
-from wconv_deploy.errors import InputError, MismatchError, WconvError
+from wconv_deploy.errors import InputError, Interrupted, MismatchError, WconvError
 
 
 class _Group(click.Group):
-    """Turns the library's errors into one stderr line and the exit status they carry."""
+    """Turns the library's errors into one stderr line and the exit status they carry; SIGINT and
+    SIGTERM stop any command cleanly (staging removed) with exit 130 or 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from wconv_deploy.interrupts import signals_as_interrupts
+
         debug = bool(ctx.params.get("debug"))
         if not debug:
             warnings.simplefilter("ignore")  # library warnings would break the one-line contract
         try:
-            return super().invoke(ctx)
+            with signals_as_interrupts():
+                return super().invoke(ctx)
         except click.UsageError as e:  # click would print the usage text too; one line is the contract
             if debug:
                 raise
-            click.echo(f"error: {e.format_message()} (see --help)", err=True)
-            ctx.exit(2)
+            _fail(ctx, f"{e.format_message()} (see --help)", 2)
         except WconvError as e:
             if debug:
                 raise
             if isinstance(e, MismatchError) and e.report:
                 click.echo(e.report)
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
+            _fail(ctx, str(e), e.exit_code)
+        except Interrupted as e:
+            _fail(ctx, "interrupted" + (" (SIGTERM)" if e.signum == signal.SIGTERM else ""), e.exit_code)
+        except KeyboardInterrupt:  # a Ctrl-C outside the handler's reach (another thread's library code)
+            _fail(ctx, "interrupted", 130)
+        except OSError as e:
+            if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _fail(ctx, f"no space left on the device{f' writing {e.filename}' if e.filename else ''}; nothing was kept", 2)
+        except MemoryError:
+            if debug:
+                raise
+            _fail(ctx, "out of memory; try smaller --input-shape or --batch values", 2)
+
+
+def _fail(ctx: click.Context, message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    ctx.exit(code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,17 +131,35 @@ def demo(out_dir: Path) -> None:
 
 
 def _spec_options(f: Any) -> Any:
-    """--input-shape and --dynamic: parsed once into an InputSpec (wconv_deploy.spec)."""
-    f = click.option(
+    """--input-shape, --dynamic and --max-input-gb: parsed once into an InputSpec (wconv_deploy.spec),
+    which refuses shapes beyond the limit before anything is allocated."""
+    from wconv_deploy.spec import MAX_INPUT_GB
+
+    @functools.wraps(f)
+    def limited(*args: Any, max_input_gb: float, **kwargs: Any) -> Any:
+        from wconv_deploy.spec import input_limit
+
+        with input_limit(max_input_gb):
+            return f(*args, **kwargs)
+
+    limited = click.option(
+        "--max-input-gb",
+        type=float,
+        default=MAX_INPUT_GB,
+        show_default=True,
+        metavar="GIB",
+        help="Refuse input shapes whose one set of inputs would take more memory than this.",
+    )(limited)
+    limited = click.option(
         "--dynamic",
         metavar="AXES",
         help="Axes that vary: batch | batch,height,width | all | batch=1:64,height=32:512.",
-    )(f)
+    )(limited)
     return click.option(
         "--input-shape",
         metavar="SPEC",
         help="Input shape(s): 1x3x224x224 or x:1x3x224x224,mask:1x1x224x224 (optional :dtype).",
-    )(f)
+    )(limited)
 
 
 def _tolerance_options(f: Any) -> Any:

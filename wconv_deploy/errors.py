@@ -34,3 +34,15 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type name if the message is empty)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else type(e).__name__
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the command stops, cleans up, and exits 128 + the signal number.
+
+    A KeyboardInterrupt, so ``except Exception`` in library code (or in torch) never swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -24,16 +24,19 @@ several inputs is one shared dimension (every input has the same batch size).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 AXIS_NAMES: dict[int, tuple[str, ...]] = {
     1: ("batch",),
@@ -54,6 +57,26 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+#: The most bytes one set of inputs may take unless the user raises it (``--max-input-gb``): a
+#: typo such as 1x3x99999x99999 must be one line, not a 40 GB allocation that kills the machine.
+MAX_INPUT_GB = 4.0
+#: No axis is larger than ONNX Runtime and TensorRT index (int32); a larger one is a corrupt spec.
+MAX_DIM = 2**31 - 1
+
+_input_limit: contextvars.ContextVar[float] = contextvars.ContextVar("input_limit_gb", default=MAX_INPUT_GB)
+
+
+@contextlib.contextmanager
+def input_limit(gb: float) -> Iterator[None]:
+    """Within the block, specs may take up to ``gb`` GiB per set of inputs (instead of MAX_INPUT_GB)."""
+    if not gb > 0 or not math.isfinite(gb):
+        raise InputError(f"--max-input-gb {gb}: must be a positive number")
+    token = _input_limit.set(gb)
+    try:
+        yield
+    finally:
+        _input_limit.reset(token)
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,23 @@ class InputSpec:
     """All inputs of a model, in the order ``forward`` takes them."""
 
     inputs: tuple[TensorSpec, ...]
+
+    def __post_init__(self) -> None:
+        """Refuse a spec whose inputs could not be allocated, before anything allocates them."""
+        for t in self.inputs:
+            if any(d.max > MAX_DIM for d in t.dims):
+                raise InputError(f"input {t.name!r}: an axis larger than {MAX_DIM} ({self.describe_one(t)}) is not a real shape")
+        limit = _input_limit.get()
+        shapes = max(self.validation_shapes(), key=self._bytes)
+        if self._bytes(shapes) > limit * 2**30:
+            raise InputError(
+                f"the inputs at {', '.join('x'.join(map(str, s)) for s in shapes)} take {self._bytes(shapes) / 2**30:.1f} GiB, "
+                f"more than the {limit:g} GiB limit; check the shape, or pass --max-input-gb to raise the limit"
+            )
+
+    def _bytes(self, shapes: Sequence[tuple[int, ...]]) -> int:
+        """Bytes of one set of inputs at ``shapes``."""
+        return sum(math.prod(s) * np.dtype(t.dtype).itemsize for t, s in zip(self.inputs, shapes))
 
     # ----------------------------------------------------------------------- parsing
     @classmethod
@@ -232,8 +272,8 @@ class InputSpec:
                     for t in data["inputs"]
                 )
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"not an input spec: {e}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise InputError(f"not an input spec: {first_line(e)}") from None
         for t in spec.inputs:
             if t.dtype not in DTYPES or not _NAME.match(t.name):
                 raise InputError(f"not an input spec: input {t.name!r} of dtype {t.dtype!r}")

@@ -17,7 +17,6 @@ width: about 2e-7 absolute on the weighted VGG-16 and ResNet-18 benchmarks (docs
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -342,13 +341,9 @@ def validate(
 
 def spec_from_onnx(onnx_path: str | os.PathLike[str]) -> InputSpec:
     """The input spec ``export_onnx`` stored in the file's metadata (InputError if absent)."""
-    import onnx
+    from wconv_deploy.artifacts import read_onnx
 
-    try:
-        model = onnx.load(os.fspath(onnx_path), load_external_data=False)
-    except Exception as e:  # DecodeError and friends
-        raise InputError(f"{onnx_path} is not a readable ONNX file ({type(e).__name__})") from None
-    spec = spec_from_model(model, os.fspath(onnx_path))
+    spec = spec_from_model(read_onnx(onnx_path), os.fspath(onnx_path))
     if spec is None:
         raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
     return spec
@@ -356,10 +351,12 @@ def spec_from_onnx(onnx_path: str | os.PathLike[str]) -> InputSpec:
 
 def spec_from_model(model: Any, where: str) -> InputSpec | None:
     """The input spec stored in a loaded ONNX model's metadata, or None if it has none."""
-    text = next((p.value for p in model.metadata_props if p.key == "wconv_deploy.input_spec"), None)
-    if text is None:
+    from wconv_deploy.artifacts import json_metadata
+
+    data = json_metadata(model, "input_spec", where)
+    if data is None:
         return None
     try:
-        return InputSpec.from_dict(json.loads(text))
-    except json.JSONDecodeError:
-        raise InputError(f"{where}: its wconv-deploy input spec is not JSON") from None
+        return InputSpec.from_dict(data)
+    except InputError as e:
+        raise InputError(f"{where}: its wconv-deploy input spec is broken: {e}") from None
