@@ -34,10 +34,11 @@ def read_onnx(path: str | os.PathLike[str], *, load_external_data: bool = False)
 
     p = Path(path)
     with open_regular(p) as f:
-        try:
-            model = onnx.load_model(f, load_external_data=False)
-        except (DecodeError, ValueError, RecursionError, RuntimeError, OSError) as e:
-            raise InputError(f"{p} is not a readable ONNX file ({type(e).__name__})") from None
+        data = f.read()
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RecursionError, RuntimeError) as e:
+        raise InputError(f"{p} is not a readable ONNX file ({type(e).__name__})") from None
     files = external_data_files(model, p)
     if load_external_data and files:
         from onnx.external_data_helper import load_external_data_for_model

@@ -80,10 +80,19 @@ def _model_options(f: Any) -> Any:
     f = click.option(
         "--arch", metavar="MODULE:CALLABLE", help="Build the architecture with this callable and load only the file's weights."
     )(f)
-    f = click.option(
-        "--trust-pickle", is_flag=True, help="Allow full unpickling: code in the file may run. Only for files you trust."
-    )(f)
+    f = _trust_option(f)
     return click.argument("model", metavar="MODEL")(f)
+
+
+#: What --trust-pickle (alias --trust-code) allows, said once for every command that reads a model or engine.
+TRUST_HELP = (
+    "Let code inside the model files run: full unpickling, TorchScript and .pt2 programs, version-compatible "
+    "TensorRT engines. Without it nothing from a file runs. Only for files you trust."
+)
+
+
+def _trust_option(f: Any) -> Any:
+    return click.option("--trust-pickle", "--trust-code", "trust_pickle", is_flag=True, help=TRUST_HELP)(f)
 
 
 def _load(model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str | None) -> Any:
@@ -262,7 +271,7 @@ def export(
 @click.option("--reference", required=True, metavar="MODEL", help="The PyTorch model the ONNX file must match.")
 @click.option("--checkpoint-key", metavar="KEY", help="Entry of the reference's checkpoint dict to use.")
 @click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
-@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the reference. Only for files you trust.")
+@_trust_option
 @_spec_options
 @_tolerance_options
 def validate_cmd(
@@ -284,11 +293,11 @@ def validate_cmd(
     Shapes come from the file's wconv-deploy metadata unless --input-shape is given.
     """
     from wconv_deploy.exporters.onnx import report_json
+    from wconv_deploy.fileio import regular_file
     from wconv_deploy.spec import InputSpec
     from wconv_deploy.validate import validate
 
-    if not onnx_file.is_file():
-        raise InputError(f"{onnx_file} does not exist")
+    regular_file(onnx_file)
     spec = InputSpec.parse(input_shape, dynamic) if input_shape else None
     if dynamic and not input_shape:
         raise InputError("--dynamic needs --input-shape")
@@ -322,7 +331,7 @@ def validate_cmd(
 @click.option("--per-layer", is_flag=True, help="Report every Conv output's error vs fp32 PyTorch.")
 @click.option("--atol", type=float, help="Absolute tolerance (default by precision: fp16 1e-2, int8 1e-1).")
 @click.option("--rtol", type=float, help="Relative tolerance (default by precision: fp16 1e-2, int8 1e-1).")
-@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of the reference. Only for files you trust.")
+@_trust_option
 @click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def convert(
@@ -570,7 +579,7 @@ SERVE_RUNTIMES = ["ort-cpu", "ort-cuda", "ort-trt", "openvino", "openvino-bf16",
 @click.option("--name", help="Model name [config.pbtxt's, else the file's stem]; in a repository, the model to serve.")
 @click.option("--runtime", type=click.Choice(SERVE_RUNTIMES), help="What runs the model [ort-cpu for ONNX, trt for engines].")
 @click.option("--max-batch", type=int, help="Triton's max_batch_size [config.pbtxt's, else the model's batch maximum].")
-@click.option("--trust-pickle", is_flag=True, help="Let a version-compatible TensorRT engine run its embedded code.")
+@_trust_option
 def serve_cmd(
     target: Path, http_port: int, grpc_port: int, name: str | None, runtime: str | None, max_batch: int | None, trust_pickle: bool
 ) -> None:
@@ -655,11 +664,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG plot here.")
 @click.option("--checkpoint-key", metavar="KEY", help="Entry of a checkpoint dict to use.")
 @click.option("--arch", metavar="MODULE:CALLABLE", help="Build the PyTorch model's architecture with this callable.")
-@click.option(
-    "--trust-pickle",
-    is_flag=True,
-    help="Allow full unpickling of the PyTorch model and a version-compatible engine's embedded code. Only for files you trust.",
-)
+@_trust_option
 def bench(
     ctx: click.Context,
     artifacts: tuple[str, ...],
@@ -683,7 +688,7 @@ def bench(
     is an error; of the default list, those that cannot run are reported with the reason."""
     from wconv_deploy.bench import run_bench
     from wconv_deploy.exporters.onnx import report_json
-    from wconv_deploy.fileio import write_text_atomic
+    from wconv_deploy.fileio import regular_file, write_text_atomic
     from wconv_deploy.spec import InputSpec
     from wconv_deploy.validate import spec_from_onnx
 
@@ -693,8 +698,10 @@ def bench(
     if len(onnx_files) > 1 or len(models) > 1 or len(engines) > 1:
         raise InputError("give at most one ONNX file, one TensorRT engine and one PyTorch model")
     for f in onnx_files + engines:
-        if not Path(f).is_file():
-            raise InputError(f"{f} does not exist")
+        regular_file(f)
+    for out in (json_out, plot_out):  # checked now, not after minutes of timing
+        if out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
+            raise InputError(f"{out}: folder {out.parent} does not exist")
     model = _load(models[0], trust_pickle, arch, checkpoint_key).model if models else None
     if input_shape:
         spec = InputSpec.parse(input_shape, dynamic)

@@ -8,9 +8,11 @@ variant that fails (its row says why) and writes the table as JSON beside the ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,31 +129,50 @@ def deploy(
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--out {folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    if calibration is not None and not Path(calibration).exists():
+        raise InputError(f"--calibration {calibration}: no such file or folder")
     say(f"loading {os.fspath(model)}")
     loaded = load_model(model, trust_pickle=trust_pickle, arch=arch, checkpoint_key=checkpoint_key)
     stem = name or _stem(loaded.path)
-    report = DeployReport(os.fspath(folder), spec.to_dict())
+    with _output_folder(folder):
+        report = DeployReport(os.fspath(folder), spec.to_dict())
 
-    say("step 1: export to ONNX and validate against PyTorch")
-    fp32 = folder / f"{stem}.onnx"
-    exported = export_onnx(loaded, fp32, spec, progress=say)
-    onnx_files: dict[str, tuple[Path, str]] = {"fp32": (fp32, _verdict(exported.validation))}
+        say("step 1: export to ONNX and validate against PyTorch")
+        fp32 = folder / f"{stem}.onnx"
+        exported = export_onnx(loaded, fp32, spec, progress=say)
+        onnx_files: dict[str, tuple[Path, str]] = {"fp32": (fp32, _verdict(exported.validation))}
 
-    for precision in (p for p in precisions if p != "fp32"):
-        say(f"step 2: convert to {precision}")
-        onnx_files.update(_convert(fp32, folder / f"{stem}.{precision}.onnx", precision, loaded, calibration, report, say))
+        for precision in (p for p in precisions if p != "fp32"):
+            say(f"step 2: convert to {precision}")
+            onnx_files.update(_convert(fp32, folder / f"{stem}.{precision}.onnx", precision, loaded, calibration, report, say))
 
-    engines = _build_engines(onnx_files, folder, stem, list(precisions), report, say)
+        engines = _build_engines(onnx_files, folder, stem, list(precisions), report, say)
 
-    say("step 4: benchmark every artifact")
-    report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, report, say)
+        say("step 4: benchmark every artifact")
+        report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, report, say)
 
-    if package:
-        say("step 5: package for Triton")
-        _package(report, folder / "triton", stem, say)
-    write_text_atomic(folder / "deploy.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        if package:
+            say("step 5: package for Triton")
+            _package(report, folder / "triton", stem, say)
+        write_text_atomic(folder / "deploy.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     return report
+
+
+@contextlib.contextmanager
+def _output_folder(folder: Path) -> Iterator[None]:
+    """Create ``folder`` (and missing parents) for the block; if the block fails on bad input or is
+    interrupted, remove what this call created, so a rejected deploy leaves no folder behind. A
+    failed validation keeps it: the folder then holds the report that says what disagreed."""
+    created = next((p for p in [folder, *folder.parents][::-1] if not p.exists()), None)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except MismatchError:
+        raise
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def _stem(path: Path) -> str:

@@ -67,6 +67,11 @@ MAX_DIM = 2**31 - 1
 _input_limit: contextvars.ContextVar[float] = contextvars.ContextVar("input_limit_gb", default=MAX_INPUT_GB)
 
 
+def input_limit_bytes() -> int:
+    """The most bytes one set of inputs may take here (see :func:`input_limit`)."""
+    return int(_input_limit.get() * 2**30)
+
+
 @contextlib.contextmanager
 def input_limit(gb: float) -> Iterator[None]:
     """Within the block, specs may take up to ``gb`` GiB per set of inputs (instead of MAX_INPUT_GB)."""
@@ -121,12 +126,11 @@ class InputSpec:
         for t in self.inputs:
             if any(d.max > MAX_DIM for d in t.dims):
                 raise InputError(f"input {t.name!r}: an axis larger than {MAX_DIM} ({self.describe_one(t)}) is not a real shape")
-        limit = _input_limit.get()
         shapes = max(self.validation_shapes(), key=self._bytes)
-        if self._bytes(shapes) > limit * 2**30:
+        if self._bytes(shapes) > input_limit_bytes():
             raise InputError(
                 f"the inputs at {', '.join('x'.join(map(str, s)) for s in shapes)} take {self._bytes(shapes) / 2**30:.1f} GiB, "
-                f"more than the {limit:g} GiB limit; check the shape, or pass --max-input-gb to raise the limit"
+                f"more than the {_input_limit.get():g} GiB limit; check the shape, or pass --max-input-gb to raise the limit"
             )
 
     def _bytes(self, shapes: Sequence[tuple[int, ...]]) -> int:

@@ -18,16 +18,18 @@ width: about 2e-7 absolute on the weighted VGG-16 and ResNet-18 benchmarks (docs
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from torch import nn
 
 from wconv_deploy.errors import InputError, MismatchError, first_line
+from wconv_deploy.fileio import open_regular
 from wconv_deploy.runtimes.base import Runtime
-from wconv_deploy.spec import InputSpec
+from wconv_deploy.spec import InputSpec, input_limit_bytes
 from wconv_deploy.table import format_table
 
 DEFAULT_ATOL = 1e-5
@@ -197,11 +199,15 @@ def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> list[tuple[s
         raise InputError(f"--inputs: {path} does not exist")
     if path.is_dir():
         return _image_inputs(path, spec)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except Exception as e:  # zipfile, ValueError, OSError: all "not a readable npz"
-        raise InputError(f"--inputs: {path} is not a readable .npz file ({type(e).__name__})") from None
+    with open_regular(path, what=f"--inputs {path}") as f:
+        try:
+            _check_npz_size(f, path)
+            with np.load(f, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except InputError:
+            raise
+        except Exception as e:  # zipfile, ValueError, OSError: all "not a readable npz"
+            raise InputError(f"--inputs: {path} is not a readable .npz file ({type(e).__name__})") from None
     if not arrays:
         raise InputError(f"--inputs: {path} holds no arrays")
     if len(spec.inputs) == 1 and len(arrays) == 1:
@@ -216,6 +222,16 @@ def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> list[tuple[s
     for _, case in cases:
         spec.check_arrays(case)
     return cases
+
+
+def _check_npz_size(f: BinaryIO, path: Path) -> None:
+    """Refuse an .npz whose arrays would unpack to more than the input limit (a zip bomb, or a
+    typo'd export of a whole data set) before any array is read."""
+    with zipfile.ZipFile(f) as z:
+        total = sum(i.file_size for i in z.infolist())
+    f.seek(0)
+    if total > input_limit_bytes():
+        raise InputError(f"--inputs: {path} unpacks to {total / 2**30:.1f} GiB, more than the input limit (--max-input-gb)")
 
 
 def _image_inputs(folder: Path, spec: InputSpec) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -233,10 +249,16 @@ def _image_inputs(folder: Path, spec: InputSpec) -> list[tuple[str, dict[str, np
     out = []
     h, w = t.dims[2], t.dims[3]
     for f in files:
-        try:
-            img = Image.open(f).convert("L" if channels == 1 else "RGB")
-        except Exception as e:  # PIL raises several types for unreadable images
-            raise InputError(f"--inputs: cannot read image {f.name} ({type(e).__name__})") from None
+        with open_regular(f, within=folder, what=f"--inputs: {f.name}") as fh:
+            try:
+                opened = Image.open(fh)
+                if opened.width * opened.height * channels * 4 > input_limit_bytes():  # known before decoding
+                    raise InputError(f"--inputs: image {f.name} is {opened.width}x{opened.height}: beyond --max-input-gb")
+                img = opened.convert("L" if channels == 1 else "RGB")
+            except InputError:
+                raise
+            except Exception as e:  # PIL raises several types for unreadable images
+                raise InputError(f"--inputs: cannot read image {f.name} ({type(e).__name__})") from None
         if not (h.min <= img.height <= h.max and w.min <= img.width <= w.max):
             img = img.resize((w.opt, h.opt), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.float32) / 255.0

@@ -32,6 +32,7 @@ from torch import nn
 from wconv_deploy.errors import InputError, MismatchError, WconvError, first_line
 from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
+from wconv_deploy.interrupts import raise_if_interrupted
 from wconv_deploy.loading import LoadedModel, load_model
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL, ValidationReport, validate
@@ -318,6 +319,7 @@ def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, expo
     except WconvError:
         raise
     except Exception as e:  # torch.export/onnxscript raise many types; all mean "this model did not export"
+        raise_if_interrupted()  # unless a Ctrl-C inside torch's own handlers turned into some other error
         root: BaseException = e
         while root.__cause__ is not None:  # the exporter wraps the error that says what went wrong
             root = root.__cause__

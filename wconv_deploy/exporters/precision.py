@@ -126,19 +126,20 @@ def convert_onnx(
 
     Raises InputError for bad input and MismatchError when validation fails (nothing written).
     """
+    from wconv_deploy.artifacts import read_onnx
     from wconv_deploy.exporters.onnx import report_json
-    from wconv_deploy.fileio import atomic_output, write_text_atomic
+    from wconv_deploy.fileio import atomic_output, regular_file, write_text_atomic
+    from wconv_deploy.runtimes.onnxruntime import import_ort
 
     say = progress or (lambda _msg: None)
+    import_ort()  # the converters and the validation are ONNX Runtime's: a missing one is one line
     if calibration_method not in CALIBRATION_METHODS:
         raise InputError(f"--calibration-method {calibration_method!r}: choose {', '.join(CALIBRATION_METHODS)}")
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
-    src = Path(onnx_path)
-    if not src.is_file():
-        raise InputError(f"{src} does not exist")
+    src = regular_file(onnx_path)
     spec = spec_from_onnx(src)
-    model = onnx.load(os.fspath(src))
+    model = read_onnx(src, load_external_data=True)
     reference = reference if reference is not None else _reference_from_metadata(model)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)
@@ -240,7 +241,9 @@ def _stamp(model: onnx.ModelProto, precision: str, keep: list[str]) -> None:
 
 def _reference_from_metadata(model: onnx.ModelProto) -> Any:
     """The zoo model an export came from (its metadata names it and its sha256), else None."""
-    props = {p.key: p.value for p in model.metadata_props}
+    from wconv_deploy.artifacts import wconv_metadata
+
+    props = wconv_metadata(model)
     source = props.get("wconv_deploy.source", "")
     if source.startswith("zoo:"):
         from wconv_deploy.loading import load_model
@@ -375,9 +378,10 @@ def layer_errors(
     import onnxruntime as ort
     import torch
 
+    from wconv_deploy.artifacts import read_onnx
     from wconv_deploy.fold import fold
 
-    base = onnx.load(os.fspath(fp32_onnx))
+    base = read_onnx(fp32_onnx, load_external_data=True)
     module = getattr(reference, "model", reference)
     folded = fold(module, fold_bn=True).model.eval()  # the exporters fuse eval BatchNorms too
     pairs = _match_convs(base, folded)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wconv_deploy.errors import InputError, first_line
-from wconv_deploy.fileio import atomic_output, file_sha256, write_text_atomic
+from wconv_deploy.fileio import atomic_output, file_sha256, read_bytes, read_text, regular_file, write_text_atomic
 from wconv_deploy.spec import InputSpec, TensorSpec
 
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself is imported lazily
@@ -332,16 +332,15 @@ class BuildManifest:
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> BuildManifest:
         """Read a manifest file (InputError, one line, if it is missing or not a manifest)."""
+        from wconv_deploy.artifacts import parse_json
+
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise InputError(f"{p}: no such build manifest") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{p} is not a readable build manifest ({type(e).__name__}: {first_line(e)})") from None
+        if not p.exists():
+            raise InputError(f"{p}: no such build manifest")
+        data = parse_json(read_text(p, what=f"build manifest {p}", limit=MAX_MANIFEST_BYTES), f"build manifest {p}")
         try:
             return cls.from_dict(data)
-        except (InputError, TypeError) as e:
+        except (InputError, TypeError, ValueError, AttributeError, KeyError) as e:
             raise InputError(f"{p}: {first_line(e)}") from None
 
     def render(self) -> str:
@@ -359,9 +358,17 @@ class BuildManifest:
         return "\n".join(lines)
 
 
+#: A manifest is a few kB of JSON; anything much larger is not one.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def manifest_path(engine: str | os.PathLike[str]) -> Path:
     """Where an engine's manifest lives: ``ENGINE.json`` beside it."""
     return Path(os.fspath(engine) + ".json")
+
+
+#: More axes than any tensor of a deployable CNN has (ONNX Runtime and TensorRT stop at 8).
+MAX_RANK = 8
 
 
 def onnx_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
@@ -371,12 +378,22 @@ def onnx_io(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     are its ONNX graph's: TensorRT keeps their names, types and dynamic axes."""
     from onnx import TensorProto
 
+    from wconv_deploy.spec import MAX_DIM
+
     numpy_names: dict[int, str] = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
 
     def tensor(vi: onnx.ValueInfoProto) -> dict[str, Any]:
         t = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise InputError(f"{vi.name!r} is not a tensor (sequences, maps and optionals cannot be deployed)")
+        if t.elem_type not in TensorProto.DataType.values() or t.elem_type == TensorProto.UNDEFINED:
+            raise InputError(f"{vi.name!r} has element type {t.elem_type}, which ONNX does not define")
         dtype = numpy_names.get(t.elem_type) or TensorProto.DataType.Name(t.elem_type).lower()
+        if t.HasField("shape") and len(t.shape.dim) > MAX_RANK:
+            raise InputError(f"{vi.name!r} has {len(t.shape.dim)} axes; no convolutional model has more than {MAX_RANK}")
         shape = [d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim] if t.HasField("shape") else None
+        if shape is not None and any(d > MAX_DIM or d < -1 for d in shape):
+            raise InputError(f"{vi.name!r} has shape {shape}: an axis beyond {MAX_DIM} is not a real shape")
         return {"name": vi.name, "dtype": dtype, "shape": shape}
 
     initializers = {t.name for t in model.graph.initializer}
@@ -398,12 +415,11 @@ def manifest_for(
 ) -> BuildManifest:
     """The manifest of an engine built from ``onnx_path`` with ``build`` and ``plan`` here and now
     (``io``: the graph's :func:`onnx_io`, read from ``onnx_path`` when not given)."""
-    import onnx
-
     from wconv_deploy import __version__
+    from wconv_deploy.artifacts import read_onnx
 
     if io is None:
-        io = onnx_io(onnx.load(os.fspath(onnx_path), load_external_data=False))
+        io = onnx_io(read_onnx(onnx_path))
     return BuildManifest(
         tensorrt_version=tensorrt_version,
         gpu_name=gpu_name,
@@ -573,7 +589,7 @@ def _one_line(text: str) -> str:
 
 def _load_timing_cache(config: Any, path: Path | None, say: Progress) -> Any:
     """A timing cache from ``path`` (a new one if it is absent or unusable), set on ``config``."""
-    data = path.read_bytes() if path is not None and path.is_file() else b""
+    data = read_bytes(path) if path is not None and path.exists() else b""
     try:
         cache = config.create_timing_cache(data)
     except Exception:  # TensorRT raises on a damaged cache file
@@ -607,9 +623,9 @@ def build_engine(
     options or an ONNX file TensorRT cannot build; nothing is written at ``output`` then. The
     timing cache, when given, is read before the build and written back after it.
     """
-    import onnx
     import torch
 
+    from wconv_deploy.artifacts import read_onnx
     from wconv_deploy.runtimes.tensorrt import import_tensorrt
 
     say = progress or (lambda _msg: None)
@@ -624,8 +640,7 @@ def build_engine(
         strongly_typed=strongly_typed,
     )
     build.check()
-    if not src.is_file():
-        raise InputError(f"{src} does not exist")
+    regular_file(src)
     _check_output(out, src)
     trt = import_tensorrt()
     if not torch.cuda.is_available():
@@ -634,10 +649,7 @@ def build_engine(
     if hardware_compatibility == "ampere+" and _version_tuple(cc, "compute capability") < AMPERE:
         raise InputError(f"--hardware-compatibility ampere+ needs an Ampere or later GPU to build on; {gpu_name} is sm {cc}")
 
-    try:
-        model = onnx.load(os.fspath(src), load_external_data=False)
-    except Exception as e:  # DecodeError and friends
-        raise InputError(f"{src} is not a readable ONNX file ({type(e).__name__})") from None
+    model = read_onnx(src)
     spec = _spec_for(src, model)
     build.profiles = profiles_from_spec(spec, min_shape, opt_shape, max_shape)
     plan = plan_build(

@@ -57,6 +57,9 @@ class OnnxRuntime(Runtime):
             raise InputError(
                 f"{self.name}: this onnxruntime has no {wanted[0]} (has: {', '.join(ort.get_available_providers())})"
             )
+        from wconv_deploy.artifacts import read_onnx
+
+        read_onnx(path)  # a regular file whose external data stays in its folder, before ORT opens anything
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings would break one-line output
         if threads:

@@ -38,12 +38,11 @@ def unavailable_reason(name: str) -> str | None:
 
 def _onnx_inputs_and_precision(path: str | os.PathLike[str]) -> tuple[list[str], str | None]:
     """The graph's input names in order and the precision ``wconv-deploy convert`` stamped."""
-    import onnx
+    from wconv_deploy.artifacts import read_onnx, wconv_metadata
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
+    model = read_onnx(path)  # a regular file whose external data stays in its folder
     inits = {t.name for t in model.graph.initializer}
-    props = {p.key: p.value for p in model.metadata_props}
-    return [i.name for i in model.graph.input if i.name not in inits], props.get("wconv_deploy.precision")
+    return [i.name for i in model.graph.input if i.name not in inits], wconv_metadata(model).get("wconv_deploy.precision")
 
 
 class OpenVinoRuntime(Runtime):
@@ -59,13 +58,13 @@ class OpenVinoRuntime(Runtime):
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISIONS[name], "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        # A port may carry several tensor names; the ONNX graph's input names, in order, are the API.
+        self._inputs, self._model_precision = _onnx_inputs_and_precision(path)
         try:
             self.compiled = core.compile_model(core.read_model(os.fspath(path)), "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses for unreadable models
             raise InputError(f"openvino cannot compile {path}: {str(e).strip().splitlines()[0]}") from None
         self.request = self.compiled.create_infer_request()
-        # A port may carry several tensor names; the ONNX graph's input names, in order, are the API.
-        self._inputs, self._model_precision = _onnx_inputs_and_precision(path)
         self._version = ov.__version__
 
     @property

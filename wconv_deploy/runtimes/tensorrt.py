@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself
     from wconv_deploy.exporters.tensorrt import BuildManifest
 
 from wconv_deploy.errors import InputError
+from wconv_deploy.fileio import read_bytes, regular_file
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo
 
 INSTALL_HINT = (
@@ -70,7 +71,7 @@ def _check_manifest(trt: Any, path: Path) -> BuildManifest | None:
     """The engine's manifest (``ENGINE.json``), checked against this TensorRT and GPU; None if absent."""
     from wconv_deploy.exporters.tensorrt import BuildManifest, check_engine_compatible, local_gpu, manifest_path
 
-    if not manifest_path(path).is_file():
+    if not manifest_path(path).exists():
         return None
     manifest = BuildManifest.read(manifest_path(path))
     check_engine_compatible(manifest, trt.__version__, *local_gpu(), engine=path.name)
@@ -117,8 +118,8 @@ class TensorRTRuntime(Runtime):
         self._trt = trt
         self.name = "trt-graph" if cuda_graph else "trt"
         path = Path(engine_path)
-        if not path.is_file() or path.stat().st_size == 0:
-            raise InputError(f"{path}: no such engine file, or it is empty")
+        if regular_file(path).stat().st_size == 0:
+            raise InputError(f"{path}: the engine file is empty")
         manifest = _check_manifest(trt, path)  # before deserialising: a mismatch is a readable error
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
@@ -129,7 +130,7 @@ class TensorRTRuntime(Runtime):
                     "from the file; pass --trust-pickle if you trust it"
                 )
             self._runtime.engine_host_code_allowed = True
-        engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(read_bytes(path))
         if engine is None:
             raise InputError(_not_deserialised(trt, path, manifest))
         if precision is None and manifest is not None and manifest.precision != "tf32":
