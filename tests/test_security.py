@@ -245,7 +245,7 @@ def test_written_files_get_ordinary_modes(exported: Path, tmp_path: Path) -> Non
 
 def test_rejected_inputs_create_no_folder(exported: Path, tmp_path: Path) -> None:
     r = invoke("deploy", tmp_path / "missing.pt", "--input-shape", "1x1x16x16", "--out", tmp_path / "a" / "b")
-    assert_one_line_error(r, 2, "no such file")
+    assert_one_line_error(r, 2, "missing.pt")
     r = invoke(
         "deploy",
         ZOO,

@@ -339,7 +339,7 @@ def test_manifest_round_trip(onnx_file: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
-        ("{not json", "is not a readable build manifest (JSONDecodeError"),
+        ("{not json", "is not a readable build manifest: not valid JSON"),
         ("[1, 2]", "not a build manifest: not a JSON object"),
         ('{"tensorrt_version": "10.3.0"}', "not a build manifest: it lacks gpu_name"),
         (None, "no such build manifest"),

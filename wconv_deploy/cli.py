@@ -6,7 +6,6 @@ one line on stderr; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import click
 
 from wconv_deploy import __version__
-from wconv_deploy.errors import InputError, Interrupted, MismatchError, WconvError
+from wconv_deploy.errors import DISK_FULL, InputError, Interrupted, MismatchError, WconvError
 
 
 class _Group(click.Group):
@@ -49,7 +48,7 @@ class _Group(click.Group):
         except KeyboardInterrupt:  # a Ctrl-C outside the handler's reach (another thread's library code)
             _fail(ctx, "interrupted", 130)
         except OSError as e:
-            if debug or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if debug or e.errno not in DISK_FULL:
                 raise
             _fail(ctx, f"no space left on the device{f' writing {e.filename}' if e.filename else ''}; nothing was kept", 2)
         except MemoryError:
@@ -113,10 +112,11 @@ def inspect(
     MODEL is a file saved with torch.save (whole model, state_dict with --arch, checkpoint
     dict), a TorchScript archive or a torch.export .pt2 program.
     """
+    from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.inspection import inspect_model
 
     result = inspect_model(_load(model, trust_pickle, arch, checkpoint_key), fold_bn=not no_fold_bn)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.render())
+    click.echo(report_json(result.to_dict()) if as_json else result.render())  # valid JSON even for NaN weights
     if result.fold_error is not None:
         raise result.fold_error
 

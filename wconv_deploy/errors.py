@@ -7,6 +7,11 @@ Anything else escaping the library is a bug.
 
 from __future__ import annotations
 
+import errno
+
+#: The errno values that mean the disk (or the user's quota) is full: one line, exit 2.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
 
 class WconvError(Exception):
     """Base of the errors the CLI turns into a one-line message and an exit status."""

@@ -57,7 +57,7 @@ def regular_file(path: str | os.PathLike[str], *, within: str | os.PathLike[str]
         st = os.stat(p)
     except FileNotFoundError:
         broken = os.path.islink(p)
-        raise InputError(f"{label}: {'a symlink to nothing' if broken else 'no such file'}") from None
+        raise InputError(f"{label}: a symlink to nothing" if broken else f"{label} does not exist") from None
     except OSError as e:
         raise InputError(f"{label}: cannot be read ({e.strerror})") from None
     if within is not None and not is_inside(p, within):

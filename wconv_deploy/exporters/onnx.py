@@ -29,7 +29,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from wconv_deploy.errors import InputError, MismatchError, WconvError, first_line
+from wconv_deploy.errors import DISK_FULL, InputError, MismatchError, WconvError, first_line
 from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
 from wconv_deploy.interrupts import raise_if_interrupted
@@ -323,6 +323,8 @@ def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, expo
         root: BaseException = e
         while root.__cause__ is not None:  # the exporter wraps the error that says what went wrong
             root = root.__cause__
+        if isinstance(root, OSError) and root.errno in DISK_FULL:
+            raise root from None  # the disk, not the model: the CLI says so in one line
         raise InputError(f"torch.onnx.export failed: {type(root).__name__}: {first_line(root)}") from None
 
 

@@ -143,10 +143,12 @@ def convert_onnx(
     reference = reference if reference is not None else _reference_from_metadata(model)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise InputError(f"-o {out}: folder {out.parent} does not exist")
     a, r = TOLERANCES[precision]
     atol, rtol = (a if atol is None else atol), (r if rtol is None else rtol)
     report = ConvertReport(os.fspath(out), precision, keep, None)
-    with tempfile.TemporaryDirectory(prefix=".wconv-convert-", dir=out.parent if out.parent.is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".wconv-convert-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         if precision == "fp16":
             say("converting to fp16 (inputs and outputs stay fp32)")

@@ -337,7 +337,8 @@ class BuildManifest:
         p = Path(path)
         if not p.exists():
             raise InputError(f"{p}: no such build manifest")
-        data = parse_json(read_text(p, what=f"build manifest {p}", limit=MAX_MANIFEST_BYTES), f"build manifest {p}")
+        where = f"{p} is not a readable build manifest"
+        data = parse_json(read_text(p, what=where, limit=MAX_MANIFEST_BYTES), where)
         try:
             return cls.from_dict(data)
         except (InputError, TypeError, ValueError, AttributeError, KeyError) as e:
