@@ -159,7 +159,7 @@ def test_serves_a_model_repository_and_stops_on_ctrl_c(work: Path, tmp_path: Pat
 
 
 def test_cli_serve_stops_cleanly_on_sigterm(work: Path, tmp_path: Path) -> None:
-    """kill/systemd/docker stop send SIGTERM: Triton stops, nothing is left, exit 0."""
+    """kill/systemd/docker stop send SIGTERM: Triton stops, nothing is left, exit 143 with one line."""
     import signal
     import subprocess
     import tempfile
@@ -176,7 +176,8 @@ def test_cli_serve_stops_cleanly_on_sigterm(work: Path, tmp_path: Path) -> None:
             assert line and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         assert list(tmpdir.glob("wconv-serve-*"))  # Triton's private workspace exists while it serves
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        assert proc.wait(timeout=60) == 143
+        assert proc.stderr is not None and proc.stderr.read().splitlines() == ["error: interrupted (SIGTERM)"]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -453,11 +453,11 @@ def test_a_failed_package_leaves_the_repository_as_it_was(
     before = listing(onnx_repo)
     if failure == "copy":
 
-        def broken_copy(src: Any, dst: Any) -> None:
-            Path(dst).write_bytes(b"half")
+        def broken_copy(src: Any, dst: Any, length: int = 0) -> None:  # the bytes are copied from an open descriptor
+            dst.write(b"half")
             raise OSError("disk full")
 
-        monkeypatch.setattr(triton.shutil, "copyfile", broken_copy)
+        monkeypatch.setattr(triton.shutil, "copyfileobj", broken_copy)
         expected: type[Exception] = OSError
     else:
         monkeypatch.setattr(triton, "_compare_io", lambda mc, cfg, io, check: check.add("input", "injected"))

@@ -6,10 +6,19 @@ wconv-deploy :class:`~wconv_deploy.runtimes.Runtime` (ONNX Runtime, OpenVINO or 
 engine). Clients see a real Triton server: metadata, model config, health and inference over
 both protocols, with Triton's dynamic batcher merging requests up to the model's batch range.
 
-What a served model is comes from the shared shape spec: an ONNX file's ``spec_from_onnx``, an
+What a served model is comes from the shared shape spec: an ONNX file's stored input spec, an
 engine's build manifest (``ENGINE.json``: its optimisation profile), or a model folder written
 by ``wconv-deploy package`` (``config.pbtxt`` for the name and ``max_batch_size``, the highest
-version folder for ``model.onnx``/``model.plan``).
+version folder for ``model.onnx``/``model.plan``). Every file read from a model folder is a
+regular file inside it (a symlink out of it is refused), and ONNX files are read only through
+:func:`~wconv_deploy.artifacts.read_onnx`.
+
+Readiness is honest. The model is written into PyTriton's model store before Triton starts, and
+Triton (strict readiness) loads it while starting and opens its ports only then: HTTP
+``/v2/health/ready`` and gRPC ``ServerReady`` never answer ready without the model. (PyTriton's
+default loads the model through the repository API after Triton is up, so Triton reported ready
+and answered 404 for the model meanwhile.) ``serve`` prints its "ready" line once one inference
+has gone through Triton.
 
 The environment Triton's Python backend needs is provided here, not asked of the user:
 
@@ -24,8 +33,13 @@ The environment Triton's Python backend needs is provided here, not asked of the
   log's last error line explains a failed start;
 * the ports are checked (or chosen) before Triton starts, so a busy one is a clear error.
 
-Stopping stops Triton, then kills whatever process still names that private folder (Triton,
-its backend stubs) and their children, so nothing outlives the :class:`Server`.
+Stopping (SIGINT, SIGTERM, an error) has PyTriton stop Triton, which removes what it made: the
+Python backend's shared-memory regions (``/dev/shm/pytrtion<pid>-*``) and its ``/tmp/python_env_*``
+folder (in /tmp whatever TMPDIR says), PyTriton's tensor-store segments (``/dev/shm/psm_*``).
+Then whatever still runs of the server (processes naming the private folder, and their
+children) is frozen, the segments it maps are noted, and it is killed; those segments, the
+backend's regions and folder, and the private folder are removed. So nothing outlives the
+:class:`Server`, also when Triton hung, crashed or was killed.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -49,18 +64,27 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from wconv_deploy.artifacts import read_onnx
 from wconv_deploy.errors import InputError, first_line
+from wconv_deploy.fileio import read_text, regular_file
+from wconv_deploy.interrupts import signals_as_interrupts
 from wconv_deploy.runtimes import RUNTIMES, Runtime, create_runtime
 from wconv_deploy.spec import AXIS_NAMES, Dim, InputSpec, TensorSpec
-from wconv_deploy.validate import spec_from_onnx
+from wconv_deploy.validate import spec_from_model
 
 SERVE_HINT = "pip install 'wconv-deploy[serve]'"
 HOST = "127.0.0.1"
+#: Where Triton's Python backend and PyTriton's tensor store keep their shared memory.
+SHM = "/dev/shm"
 #: Below this much free space in /dev/shm, larger requests may fail: warn.
 SHM_WARN_BYTES = 256 << 20
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 Progress = Callable[[str], None]
+
+# PyTriton logs warnings of its own ("Triton Inference Server exited with failure"); the errors
+# raised here say what happened in one line, so its records reach only handlers an application sets.
+logging.getLogger("pytriton").addHandler(logging.NullHandler())
 
 
 def require_extra(module: str) -> Any:
@@ -78,7 +102,9 @@ def require_extra(module: str) -> Any:
 @dataclass(frozen=True)
 class ServedModel:
     """A resolved serve target: the artifact, the runtime that runs it and its inputs.
-    ``max_batch`` is Triton's ``max_batch_size`` (0: the first axis is not a dynamic batch)."""
+    ``max_batch`` is Triton's ``max_batch_size`` (0: the first axis is not a dynamic batch);
+    ``outputs`` the ONNX graph's outputs (name, shape with -1 where it varies, None when the graph
+    gives none), empty for an engine."""
 
     name: str
     artifact: Path
@@ -86,6 +112,7 @@ class ServedModel:
     spec: InputSpec
     max_batch: int
     version: int = 1
+    outputs: tuple[tuple[str, tuple[int, ...] | None], ...] = ()
 
 
 def resolve_target(
@@ -97,17 +124,19 @@ def resolve_target(
 
     ``runtime`` defaults to ``ort-cpu`` for ONNX and ``trt`` for engines; ``max_batch``
     defaults to ``config.pbtxt``'s, else the spec's batch maximum, and cannot exceed the latter.
+    Every file read in a model folder (config, model, engine manifest) is a regular file inside it.
     InputError (one line) for anything that cannot be served."""
     path = Path(target)
-    version, config_batch = 1, None
+    version, config_batch, folder = 1, None, path.parent
     if path.is_dir():
         model_dir = _model_dir(path, name)
-        config = _read_config(model_dir / "config.pbtxt")
+        config = _read_config(model_dir / "config.pbtxt", model_dir)
         name = name or config.name or model_dir.name
         config_batch = config.max_batch_size or None
         version, path = _artifact_in(model_dir, runtime, _engine_file_for_this_gpu(config))
-    elif not path.is_file():
-        raise InputError(f"{path} does not exist")
+        folder = model_dir
+    else:
+        regular_file(path)
     kind = _artifact_kind(path)
     runtime = runtime or ("trt" if kind == "engine" else "ort-cpu")
     if RUNTIMES.get(runtime) not in ("onnx", "engine"):
@@ -116,11 +145,11 @@ def resolve_target(
     if RUNTIMES[runtime] != kind:
         needs = "a TensorRT engine (wconv-deploy build makes one)" if RUNTIMES[runtime] == "engine" else "an ONNX file"
         raise InputError(f"runtime {runtime} needs {needs}, not {path.name}")
-    spec = _engine_spec(path) if kind == "engine" else spec_from_onnx(path)
+    spec, outputs = (_engine_spec(path, folder), ()) if kind == "engine" else _onnx_spec(path)
     name = name or path.stem
     if not _MODEL_NAME.match(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, '_', '.', '-')")
-    return ServedModel(name, path, runtime, spec, _max_batch(spec, max_batch, config_batch), version)
+    return ServedModel(name, path, runtime, spec, _max_batch(spec, max_batch, config_batch), version, outputs)
 
 
 def _artifact_kind(path: Path) -> str:
@@ -133,9 +162,9 @@ def _artifact_kind(path: Path) -> str:
 
 def _model_dir(path: Path, name: str | None) -> Path:
     """``path`` itself if it holds a config.pbtxt, else its one model folder (or the one named)."""
-    if (path / "config.pbtxt").is_file():
+    if os.path.lexists(path / "config.pbtxt"):
         return path
-    models = sorted(d.name for d in path.iterdir() if (d / "config.pbtxt").is_file())
+    models = sorted(d.name for d in path.iterdir() if os.path.lexists(d / "config.pbtxt"))
     if name in models:
         return path / str(name)
     if len(models) == 1 and name is None:
@@ -146,14 +175,16 @@ def _model_dir(path: Path, name: str | None) -> Path:
     raise InputError(f"{path}: {wanted}; pick one with --name ({', '.join(models)})")
 
 
-def _read_config(path: Path) -> Any:
-    """``config.pbtxt`` as Triton's ModelConfig message (InputError if it is not one)."""
-    from wconv_deploy.ship.triton import import_model_config
+def _read_config(path: Path, model_dir: Path) -> Any:
+    """``config.pbtxt`` (a regular file inside ``model_dir``) as Triton's ModelConfig message
+    (InputError if it is not one)."""
+    from wconv_deploy.ship.triton import MAX_TEXT_BYTES, import_model_config
 
     model_config_pb2, text_format = import_model_config()
+    text = read_text(path, within=model_dir, limit=MAX_TEXT_BYTES)
     try:
-        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
         raise InputError(f"{path} is not a readable Triton model config ({first_line(e)})") from None
 
 
@@ -165,8 +196,8 @@ def _artifact_in(model_dir: Path, runtime: str | None, engine_file: str = "model
     versions = sorted((int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()), reverse=True)
     for v in versions:
         for file in names:
-            if (model_dir / str(v) / file).is_file():
-                return v, model_dir / str(v) / file
+            if os.path.lexists(model_dir / str(v) / file):
+                return v, regular_file(model_dir / str(v) / file, within=model_dir)
     raise InputError(f"{model_dir}: no version folder holds {' or '.join(names)}")
 
 
@@ -185,13 +216,14 @@ def _engine_file_for_this_gpu(config: Any) -> str:
     return str(config.cc_model_filenames.get(f"{major}.{minor}", default))
 
 
-def _engine_spec(path: Path) -> InputSpec:
-    """An engine's inputs from its build manifest's optimisation profile (float32 inputs)."""
+def _engine_spec(path: Path, folder: Path) -> InputSpec:
+    """An engine's inputs from its build manifest's optimisation profile (float32 inputs); the
+    manifest is a regular file inside ``folder``."""
     from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path
 
-    if not manifest_path(path).is_file():
+    if not os.path.lexists(manifest_path(path)):
         raise InputError(f"{path} has no manifest {manifest_path(path).name}: serve engines made by wconv-deploy build")
-    manifest = BuildManifest.read(manifest_path(path))
+    manifest = BuildManifest.read(regular_file(manifest_path(path), within=folder))
     if not manifest.profiles:
         raise InputError(f"{manifest_path(path)} records no optimisation profile")
     inputs = []
@@ -202,6 +234,19 @@ def _engine_spec(path: Path) -> InputSpec:
         dims = tuple(Dim(n, o, lo_, hi_) for n, lo_, o, hi_ in zip(AXIS_NAMES[len(opt)], lo, opt, hi))
         inputs.append(TensorSpec(input_name, dims))
     return InputSpec(tuple(inputs))
+
+
+def _onnx_spec(path: Path) -> tuple[InputSpec, tuple[tuple[str, tuple[int, ...] | None], ...]]:
+    """An exported ONNX file's input spec (from its metadata) and its graph's outputs, read once
+    through the safe reader (external data inside its folder; bad types and shapes refused)."""
+    from wconv_deploy.exporters.tensorrt import onnx_io
+
+    model = read_onnx(path)
+    spec = spec_from_model(model, path.name)
+    if spec is None:
+        raise InputError(f"{path} has no wconv-deploy input spec in its metadata: export it with wconv-deploy export")
+    graph = onnx_io(model)
+    return spec, tuple((t["name"], None if t["shape"] is None else tuple(t["shape"])) for t in graph["outputs"])
 
 
 def _max_batch(spec: InputSpec, wanted: int | None, config_batch: int | None) -> int:
@@ -236,33 +281,103 @@ class Server:
         self._triton = triton
         self._workdir = workdir
         self._stopped = False
+        self._shm: set[str] = set()  # PyTriton's tensor-store segments the server's processes mapped
+        self._shm_prefix: str | None = None  # the Python backend's region prefix, from Triton's command line
+        self._envs_before = _python_envs()  # to tell which /tmp/python_env_* Triton's Python backend made
+        self._python_env: Path | None = None
         self.model = model
         self.model_name = model.name
         self.http_url = f"http://{HOST}:{http_port}"
         self.grpc_url = f"grpc://{HOST}:{grpc_port}"
 
     def pids(self) -> list[int]:
-        """The server's processes (Triton, its backend stubs, their children)."""
+        """The server's processes (Triton, its backend stubs, PyTriton's tensor store, their children)."""
         return _processes_naming(str(self._workdir))
 
     def is_alive(self) -> bool:
         return not self._stopped and bool(self._triton.is_alive())
 
     def stop(self) -> None:
-        """Stop Triton and every process of it; idempotent."""
+        """Stop Triton and every process of it, and remove what they made; idempotent.
+
+        PyTriton stops Triton (whose Python backend removes its shared-memory regions and its
+        /tmp/python_env_* folder, and whose tensor store unlinks its segments) and then our
+        handlers. Whatever still runs after that is frozen, its segments noted, and killed; then
+        every segment and region noted, that folder and the private workspace are removed, so
+        nothing is left also when Triton died, hung or was killed."""
         if self._stopped:
             return
         self._stopped = True
+        self._note()
         try:  # PyTriton echoes Triton's own stdout ("Signal (2) received."): keep ours clean
             with contextlib.redirect_stdout(io.StringIO()):
                 self._triton.stop()
-        finally:  # also after a second Ctrl-C or a failed stop: nothing may outlive the server
-            for pid in self.pids():
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        finally:  # also after a failed stop: nothing may outlive the server
+            pids = self.pids()
+            _signal(pids, signal.SIGSTOP)  # frozen, they cannot make another segment before they die
+            self._shm |= _mapped_segments(pids)
+            _signal(pids, signal.SIGKILL)
+            prefix = self._shm_prefix
+            for entry in self._shm | {n for n in _listdir(SHM) if prefix and n.startswith(prefix)}:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(SHM, entry))
+            if self._python_env is not None:
+                shutil.rmtree(self._python_env, ignore_errors=True)
             shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _note(self) -> list[int]:
+        """The server's processes, noting what they made that stop must remove: the tensor-store
+        segments they map, the backend's region prefix and (the one new) python_env folder."""
+        pids = self.pids()
+        self._shm |= _mapped_segments(pids)
+        self._shm_prefix = self._shm_prefix or _backend_shm_prefix(pids)
+        if self._python_env is None and pids:
+            new = _python_envs() - self._envs_before
+            self._python_env = new.pop() if len(new) == 1 else None  # another Triton starting meanwhile: unknown
+        return pids
+
+    def _wait_until_ready(self, timeout_s: float = 120.0) -> None:
+        """Return once Triton reports ready (it opens its ports only after loading the model), or
+        raise InputError at once with the log's error if Triton exits first."""
+        http = require_extra("tritonclient.http")
+        client = http.InferenceServerClient(self.http_url.removeprefix("http://"), connection_timeout=2, network_timeout=2)
+        begin, started = time.monotonic(), False
+        deadline = begin + timeout_s
+        try:
+            while True:
+                with contextlib.suppress(Exception):  # refused until Triton listens; each client raises its own
+                    if client.is_server_ready():
+                        self._note()
+                        return
+                pids = self.pids()
+                self._shm_prefix = self._shm_prefix or _backend_shm_prefix(pids)
+                started = started or bool(pids)
+                if not pids and (started or time.monotonic() > begin + 10):  # exited, or never seen running
+                    raise InputError(f"Triton exited while loading the model: {self.log_error() or 'see its log'}")
+                if time.monotonic() > deadline:
+                    raise InputError(f"Triton is not ready after {timeout_s:g} s: {self.log_error() or 'see its log'}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def _first_answer(self) -> None:
+        """One inference through Triton (HTTP, the spec's optimum shapes, the batch clipped to
+        max_batch_size): the model answers before ``serve`` says it is ready."""
+        http = require_extra("tritonclient.http")
+        from tritonclient.utils import np_to_triton_dtype
+
+        client = http.InferenceServerClient(self.http_url.removeprefix("http://"))
+        try:
+            requests = []
+            for t, x in zip(self.model.spec.inputs, self.model.spec.example_inputs()):
+                array = x.numpy()[: self.model.max_batch] if self.model.max_batch else x.numpy()
+                requests.append(http.InferInput(t.name, list(array.shape), np_to_triton_dtype(array.dtype)))
+                requests[-1].set_data_from_numpy(array)
+            client.infer(self.model_name, requests, model_version=str(self.model.version))
+        except Exception as e:  # tritonclient's and the transport's errors
+            raise InputError(f"the model does not answer through Triton: {first_line(e)}") from None
+        finally:
+            client.close()
 
     def log_error(self) -> str | None:
         """The last error line in Triton's log, if any (it explains a failed start)."""
@@ -298,9 +413,10 @@ def start_server(
     progress: Progress | None = None,
 ) -> Server:
     """Serve ``target`` (see :func:`resolve_target`) on 127.0.0.1 and return once the model is
-    ready. Port 0 picks a free port. Use as ``with start_server(...) as server:``; the server
-    and its processes are stopped on exit, also on an exception or Ctrl-C. ``trust_code`` lets
-    a version-compatible TensorRT engine run the code embedded in it."""
+    loaded and has answered an inference through Triton. Port 0 picks a free port. Use as
+    ``with start_server(...) as server:``; the server, its processes and everything they made are
+    removed on exit, also on an exception or a signal. ``trust_code`` lets a version-compatible
+    TensorRT engine run the code embedded in it."""
     say = progress or (lambda _msg: None)
     triton_mod = require_extra("pytriton.triton")
     config_mod = require_extra("pytriton.model_config")
@@ -323,11 +439,17 @@ def start_server(
         allow_metrics=False,
         log_file=workdir / "tritonserver.log",
         exit_timeout_secs=5,
+        strict_readiness=True,
     )
+    # The model goes into PyTriton's model store before Triton starts, and Triton loads it while
+    # starting (PyTriton's default loads it through the repository API once Triton is up, which
+    # reports ready without it, and has Triton copy it to a /tmp/folderXXXXXX of its own).
+    policy = triton_mod.TritonLifecyclePolicy(launch_triton_on_startup=True, local_model_store=True)
+    triton = triton_mod.Triton(config=config, workspace=workdir / "workspace", triton_lifecycle_policy=policy)
     start = time.perf_counter()
-    server = Server(triton_mod.Triton(config=config, workspace=workdir / "workspace"), model, http_port, grpc_port, workdir)
+    server = Server(triton, model, http_port, grpc_port, workdir)
     try:
-        server._triton.bind(
+        triton.bind(
             model_name=model.name,
             model_version=model.version,
             infer_func=_infer_function(rt, model, [o.name for o in outputs]),
@@ -336,10 +458,14 @@ def start_server(
             config=config_mod.ModelConfig(batching=bool(model.max_batch), max_batch_size=model.max_batch),  # dynamic batcher
         )
         say(f"starting Triton Inference Server on {HOST} (http {http_port}, grpc {grpc_port})")
-        with _prepended_env("LD_LIBRARY_PATH", libdir):
-            server._triton.run()
+        with contextlib.redirect_stdout(io.StringIO()):  # PyTriton echoes Triton's console; its errors reach ours
+            with _prepended_env("LD_LIBRARY_PATH", libdir):
+                triton._run_server()  # PyTriton's run() would wait two minutes for a Triton that exited at once
+            server._wait_until_ready()
+            triton.connect()  # PyTriton's handlers attach to the loaded model (requests wait for them meanwhile)
+        server._first_answer()
     except Exception as e:
-        detail = server.log_error() or first_line(e)
+        detail = str(e) if isinstance(e, InputError) else server.log_error() or first_line(e)
         server.stop()
         raise InputError(f"Triton Inference Server did not start: {detail}") from None
     except BaseException:
@@ -360,28 +486,28 @@ def serve(
     trust_code: bool = False,
     progress: Progress | None = None,
 ) -> None:
-    """Serve ``target`` until Ctrl-C or SIGTERM (the CLI's ``serve``); InputError if the server
-    dies. Either signal stops Triton and removes its temporary folder."""
+    """Serve ``target`` until SIGINT or SIGTERM (the CLI's ``serve``), saying "ready" once the
+    model answers. Either signal stops Triton, removes everything the server made and raises
+    :class:`~wconv_deploy.errors.Interrupted` (the CLI: one line, exit 130 or 143); a second
+    signal during that cleanup is ignored. InputError if the server dies."""
     say = progress or (lambda _msg: None)
-    with _sigterm_as_interrupt():
-        try:
-            with start_server(
-                target,
-                name=name,
-                http_port=http_port,
-                grpc_port=grpc_port,
-                runtime=runtime,
-                max_batch=max_batch,
-                trust_code=trust_code,
-                progress=progress,
-            ) as server:
-                say(f"{server.model_name} ready at {server.http_url} and {server.grpc_url}; Ctrl-C stops")
-                while server.is_alive():
-                    time.sleep(0.5)
-                error = server.log_error()
-        except KeyboardInterrupt:  # whenever it comes, the server has been stopped by now
-            say("stopped")
-            return
+    with (
+        signals_as_interrupts(),
+        start_server(
+            target,
+            name=name,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            runtime=runtime,
+            max_batch=max_batch,
+            trust_code=trust_code,
+            progress=progress,
+        ) as server,
+    ):
+        say(f"{server.model_name} ready at {server.http_url} and {server.grpc_url}; Ctrl-C stops")
+        while server.is_alive():
+            time.sleep(0.5)
+        error = server.log_error()
     raise InputError("the server stopped unexpectedly" + (f": {error}" if error else ""))
 
 
@@ -399,25 +525,15 @@ def _signature(model: ServedModel, rt: Runtime) -> tuple[list[_Tensor], list[_Te
         results = rt.run(feeds)
     except Exception as e:  # each runtime raises its own types
         raise InputError(f"{model.runtime} cannot run {model.artifact.name}: {first_line(e)}") from None
-    if model.artifact.suffix.lower() == ".onnx":
-        graph = _onnx_outputs(model.artifact)
-        names, shapes = [n for n, _ in graph], [s[skip:] for _, s in graph]
+    if model.outputs:
+        names = [n for n, _ in model.outputs]
     else:
         names = list(getattr(rt, "output_names", [f"output_{i}" for i in range(len(results))]))
-        shapes = [(-1,) * (r.ndim - skip) for r in results]
     if len(names) != len(results):
         raise InputError(f"{model.artifact.name} declares {len(names)} outputs but {model.runtime} returned {len(results)}")
+    graph_shapes = [s for _, s in model.outputs] or [None] * len(results)
+    shapes = [s[skip:] if s is not None else (-1,) * (r.ndim - skip) for s, r in zip(graph_shapes, results)]
     return inputs, [_Tensor(n, r.dtype.name, s) for n, r, s in zip(names, results, shapes)]
-
-
-def _onnx_outputs(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    """The graph's outputs: names and shapes (-1 for a symbolic or unknown axis)."""
-    import onnx
-
-    graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    return [
-        (vi.name, tuple(d.dim_value if d.dim_value > 0 else -1 for d in vi.type.tensor_type.shape.dim)) for vi in graph.output
-    ]
 
 
 def _infer_function(rt: Runtime, model: ServedModel, output_names: list[str]) -> Callable[[list[Any]], list[dict[str, Any]]]:
@@ -484,25 +600,6 @@ def _free_ports(*wanted: int) -> list[int]:
             s.close()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (kill, systemd, a container stopping) like Ctrl-C, so the server is
-    stopped and cleaned up rather than its process ending on the spot (main thread only)."""
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 #: The longest workspace path with which PyTriton's sockets still start (measured: 71 works, 86 fails).
 MAX_WORKDIR_CHARS = 72
 
@@ -523,9 +620,9 @@ def _workdir() -> Path:
 
 def _check_shm(say: Progress) -> None:
     try:
-        free = shutil.disk_usage("/dev/shm").free
+        free = shutil.disk_usage(SHM).free
     except OSError:
-        raise InputError("/dev/shm is missing; Triton's Python backend passes tensors through it") from None
+        raise InputError(f"{SHM} is missing; Triton's Python backend passes tensors through it") from None
     if free < SHM_WARN_BYTES:
         say(f"warning: only {free >> 20} MiB free in /dev/shm; large requests may fail (docker run --shm-size=1g)")
 
@@ -551,3 +648,59 @@ def _processes_naming(marker: str) -> list[int]:
         found |= more
         grew = bool(more)
     return sorted(found)
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _mapped_segments(pids: list[int]) -> set[str]:
+    """The tensor-store segments (``/dev/shm/psm_*``, Python's shared_memory names) that ``pids``
+    map: PyTriton's tensor store keeps each segment it made mapped until it unlinks it."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:  # it just exited
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(f"{SHM}/psm_") and not fields[5].endswith(" (deleted)"):
+                names.add(fields[5].removeprefix(f"{SHM}/"))
+    return names
+
+
+def _backend_shm_prefix(pids: list[int]) -> str | None:
+    """The prefix of the Python backend's shared-memory regions, as PyTriton passed it on Triton's
+    command line (``--backend-config python,shm-region-prefix-name=PREFIX``)."""
+    for pid in pids:
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        for arg in args:
+            if arg.startswith("python,shm-region-prefix-name="):
+                return arg.removeprefix("python,shm-region-prefix-name=") or None
+    return None
+
+
+def _python_envs() -> set[Path]:
+    """This user's ``/tmp/python_env_*`` folders: Triton's Python backend makes one (in /tmp,
+    whatever TMPDIR says) and removes it when it shuts down cleanly."""
+    uid = os.getuid()
+    found = set()
+    for name in _listdir("/tmp"):
+        path = Path("/tmp", name)
+        with contextlib.suppress(OSError):
+            if name.startswith("python_env_") and path.lstat().st_uid == uid and path.is_dir():
+                found.add(path)
+    return found

@@ -20,11 +20,20 @@ The entry is written into a hidden folder inside REPO (the same file system, so 
 atomic), checked with :func:`check_model`, and only then renamed to REPO/NAME, replacing an existing
 entry (all its versions: one config covers every version, and the check vouches only for files it
 wrote). A failure leaves the repository as it was. (Triton polls hidden folders too: one that
-polls during those seconds logs an error for the staging folder and carries on.)
+polls during those seconds logs an error for the staging folder and carries on.) The entry gets
+the modes an ordinary tool gives (0755 folders, 0644 files under umask 022), so a Triton running
+as another user can read it.
+
+Nothing leaves its folder: the ONNX file is read through :func:`~wconv_deploy.artifacts.read_onnx`,
+so every external-data file it names (initializers and ``Constant`` values alike) is a regular
+file inside its folder, and only those checked files are copied, from the descriptor that was
+checked. REPO/NAME itself must not be a symlink: replacing it would write elsewhere.
 
 :func:`check_repository` checks every model folder without a server: the config parses as
 Triton's ModelConfig and agrees with the files beside it (name, platform, versions, model files,
-checksums, inputs and outputs, batching, instance kind).
+checksums, inputs and outputs, batching, instance kind). It reads nothing outside the repository:
+a symlink that leads out of it, a manifest path that is absolute or climbs out with ``..``, and a
+FIFO or device anywhere in an entry are problems, never opened.
 """
 
 from __future__ import annotations
@@ -34,17 +43,18 @@ import json
 import os
 import re
 import shutil
-import tempfile
+import stat
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from wconv_deploy.artifacts import external_data_files, parse_json, read_onnx, wconv_metadata
 from wconv_deploy.errors import InputError, MismatchError, first_line
 from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path, onnx_io
-from wconv_deploy.fileio import file_sha256
+from wconv_deploy.fileio import file_sha256, is_inside, open_regular, publish_modes, read_text, regular_file, staging_dir
 from wconv_deploy.table import format_table
 from wconv_deploy.validate import spec_from_model
 
@@ -76,6 +86,13 @@ TRITON_TYPES = {
     "string": "TYPE_STRING",
 }
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: A folder name's limit on Linux file systems (NAME_MAX), in bytes.
+NAME_MAX = 255
+#: The longest model name: its staging folder ``.NAME.xxxxxxxx.tmp`` (and the replaced entry's
+#: ``.NAME.xxxxxxxx.old``) must fit in NAME_MAX too.
+MAX_NAME_BYTES = NAME_MAX - len("..xxxxxxxx.tmp")
+#: config.pbtxt and manifest.json are a few kB; anything larger is not one wconv-deploy wrote.
+MAX_TEXT_BYTES = 4 << 20
 
 
 def import_model_config() -> tuple[Any, Any]:
@@ -130,15 +147,10 @@ def _tensors(entries: list[dict[str, Any]], where: str) -> tuple[Tensor, ...]:
 
 def _read_onnx(path: Path) -> tuple[ModelIO, dict[str, str], list[str]]:
     """An exported ONNX file's inputs and outputs (largest batch from its input spec), its
-    ``wconv_deploy.*`` metadata, and the external data files it names (beside it)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as e:  # DecodeError and friends
-        raise InputError(f"{path.name} is not a readable ONNX file ({type(e).__name__})") from None
-    props = {p.key: p.value for p in model.metadata_props if p.key.startswith("wconv_deploy.")}
+    ``wconv_deploy.*`` metadata, and the external data files it uses (checked: regular files in
+    its folder)."""
+    model = read_onnx(path)
+    props = wconv_metadata(model)
     spec = spec_from_model(model, path.name)
     if spec is None:
         raise InputError(f"{path.name} has no wconv-deploy input spec in its metadata: export it with wconv-deploy export")
@@ -149,10 +161,7 @@ def _read_onnx(path: Path) -> tuple[ModelIO, dict[str, str], list[str]]:
         min((t.dims[0].max for t in spec.inputs), default=0),
         "the input spec",
     )
-    data = sorted(
-        {e.value for t in model.graph.initializer if uses_external_data(t) for e in t.external_data if e.key == "location"}
-    )
-    return io, props, data
+    return io, props, external_data_files(model, path)
 
 
 def engine_model_io(manifest: BuildManifest, where: str) -> ModelIO:
@@ -270,43 +279,102 @@ class CheckReport:
 
 def check_repository(repo: str | os.PathLike[str]) -> CheckReport:
     """Check every folder of the Triton repository ``repo`` as a model. Triton polls hidden folders
-    too, so one (say, left by an interrupted :func:`package`) is a problem."""
+    too, so one (say, left by an interrupted :func:`package`) is a problem; so is any entry that
+    leads out of the repository (it is reported, never read)."""
     path = Path(repo)
     if not path.is_dir():
         raise InputError(f"{path}: no such folder")
     import_model_config()
     report = CheckReport(os.fspath(path))
-    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
-        if folder.name.startswith("."):
-            hidden = ModelCheck(folder.name)
+    for entry in sorted(path.iterdir()):
+        problem = _entry_problem(entry, path)
+        if problem is not None:
+            flagged = ModelCheck(entry.name)
+            flagged.add("folder", problem)
+            report.models.append(flagged)
+        elif not entry.is_dir():
+            continue  # a file beside the models: Triton ignores it
+        elif entry.name.startswith("."):
+            hidden = ModelCheck(entry.name)
             hidden.add(
                 "folder", "hidden, but Triton tries to load it as a model too (left by an interrupted package?): delete it"
             )
             report.models.append(hidden)
         else:
-            report.models.append(_check_folder(folder, folder.name))
+            report.models.append(_check_folder(entry, entry.name, path))
     return report
 
 
 def check_model(folder: str | os.PathLike[str]) -> CheckReport:
-    """Check one model folder ``REPO/NAME``."""
+    """Check one model folder ``REPO/NAME`` (reading nothing outside REPO)."""
     path = Path(folder)
     if not path.is_dir():
         raise InputError(f"{path}: no such folder")
     import_model_config()
-    return CheckReport(os.fspath(path.parent), [_check_folder(path, path.name)])
+    return CheckReport(os.fspath(path.parent), [_check_folder(path, path.name, path.parent)])
 
 
-def _check_folder(folder: Path, name: str) -> ModelCheck:
-    """Check ``folder`` as the model ``name`` (the staging folder of :func:`package` has another name)."""
+def _entry_problem(path: Path, repo: Path) -> str | None:
+    """What is wrong with the entry ``path`` itself, without opening it: a symlink leading out of
+    ``repo`` (Triton would serve what it points at), one to nothing, or a FIFO, socket or device
+    (a reader would hang on it; Triton cannot load it). None for a file or folder."""
+    if path.is_symlink() and not is_inside(path, repo):
+        return f"a symlink to {os.path.realpath(path)}, outside the repository (not read): put a copy here instead"
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a symlink to nothing"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{kind}, not a file: Triton cannot load it (not opened); delete it"
+
+
+def _scan(folder: Path, repo: Path, check: ModelCheck) -> tuple[set[str], set[str]]:
+    """Every file in ``folder`` and every entry with a problem (relative paths), adding the problems
+    to ``check``. Nothing is opened, and symlinked folders are not followed."""
+    files, flagged = set(), set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(folder).as_posix()
+            problem = _entry_problem(path, repo)
+            if problem is not None:
+                check.add(rel, problem)
+                flagged.add(rel)
+            elif path.is_file():
+                files.add(rel)
+    return files, flagged
+
+
+def _read_text(folder: Path, name: str, repo: Path, check: ModelCheck, missing: str, flagged: set[str]) -> str | None:
+    """``folder/name`` as text (a regular file inside ``repo``, of a sensible size), or None with a
+    problem (``missing`` when it is absent; none more for an entry :func:`_scan` flagged)."""
+    path = folder / name
+    if name in flagged:
+        return None
+    if not os.path.lexists(path):
+        check.add(name, missing)
+        return None
+    try:
+        return read_text(path, within=repo, what=name, limit=MAX_TEXT_BYTES)
+    except InputError as e:
+        check.add(name, f"unreadable ({first_line(e)})")
+        return None
+
+
+def _check_folder(folder: Path, name: str, repo: Path) -> ModelCheck:
+    """Check ``folder`` as the model ``name`` (the staging folder of :func:`package` has another
+    name); every file read is a regular file inside ``repo``."""
     mc, text_format = import_model_config()
     check = ModelCheck(name)
-    try:
-        cfg = text_format.Parse((folder / "config.pbtxt").read_text(), mc.ModelConfig())
-    except FileNotFoundError:
-        check.add("config.pbtxt", "missing")
+    on_disk, flagged = _scan(folder, repo, check)
+    text = _read_text(folder, "config.pbtxt", repo, check, "missing", flagged)
+    if text is None:
         return check
-    except (text_format.ParseError, OSError, UnicodeDecodeError) as e:
+    try:
+        cfg = text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as e:
         check.add("config.pbtxt", f"not a Triton ModelConfig: {first_line(e)}")
         return check
     check.platform = cfg.platform or BACKEND_PLATFORM.get(cfg.backend, cfg.backend)
@@ -314,7 +382,7 @@ def _check_folder(folder: Path, name: str) -> ModelCheck:
     check.versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and re.fullmatch("[1-9][0-9]*", p.name))
     if cfg.name and cfg.name != name:
         check.add("name", f"config {cfg.name!r}, folder {name!r}")
-    manifest = _read_manifest(folder, check)
+    manifest = _read_manifest(folder, repo, check, flagged)
     if check.platform not in DEFAULT_FILENAME:
         check.add("platform", f"config {check.platform!r}; wconv-deploy packages {ONNX_PLATFORM} and {TRT_PLATFORM}")
         return check
@@ -327,15 +395,17 @@ def _check_folder(folder: Path, name: str) -> ModelCheck:
         if kind != check.platform:
             check.add("platform", f"config {check.platform!r}, model {filename} is {kind or 'neither .onnx nor .plan'}")
         for version in check.versions:
-            path = folder / str(version) / filename
-            if not path.is_file():
-                check.add(where, f"{version}/{filename} is missing")
+            rel = f"{version}/{filename}"
+            if rel in flagged:
+                continue  # a symlink out or a FIFO: reported, not read
+            if not os.path.lexists(folder / rel):
+                check.add(where, f"{rel} is missing")
             elif kind is not None:
-                io = _artifact_io(path, f"{version}/{filename}", kind, manifest, cfg, check)
+                io = _artifact_io(folder / rel, rel, kind, manifest, cfg, check, repo)
                 if io is not None:
                     _compare_io(mc, cfg, io, check)
     if manifest is not None:
-        _check_checksums(folder, manifest, check)
+        _check_checksums(folder, manifest, check, repo, on_disk, flagged)
     _check_batching(cfg, check)
     if any(PLATFORM_OF_SUFFIX.get(Path(f).suffix) == TRT_PLATFORM for f in files.values()):
         for i, group in enumerate(cfg.instance_group):
@@ -344,14 +414,15 @@ def _check_folder(folder: Path, name: str) -> ModelCheck:
     return check
 
 
-def _read_manifest(folder: Path, check: ModelCheck) -> dict[str, Any] | None:
-    try:
-        data = json.loads((folder / "manifest.json").read_text())
-    except FileNotFoundError:
-        check.add("manifest.json", "missing: it records the checksums and the engines' shapes (wconv-deploy package writes it)")
+def _read_manifest(folder: Path, repo: Path, check: ModelCheck, flagged: set[str]) -> dict[str, Any] | None:
+    missing = "missing: it records the checksums and the engines' shapes (wconv-deploy package writes it)"
+    text = _read_text(folder, "manifest.json", repo, check, missing, flagged)
+    if text is None:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        check.add("manifest.json", f"unreadable ({type(e).__name__}: {first_line(e)})")
+    try:
+        data = parse_json(text, "manifest.json")
+    except InputError as e:
+        check.add("manifest.json", f"unreadable ({first_line(e)})")
         return None
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("artifacts"), list):
         check.add("manifest.json", "not a wconv-deploy package manifest (no files and artifacts)")
@@ -359,26 +430,41 @@ def _read_manifest(folder: Path, check: ModelCheck) -> dict[str, Any] | None:
     return data
 
 
-def _check_checksums(folder: Path, manifest: dict[str, Any], check: ModelCheck) -> None:
-    """Every file the manifest lists is there with its sha256, and no other file is."""
+def _check_checksums(
+    folder: Path, manifest: dict[str, Any], check: ModelCheck, repo: Path, on_disk: set[str], flagged: set[str]
+) -> None:
+    """Every file the manifest lists is there with its sha256, and no other file is. A listed path
+    that is absolute or climbs out with ``..`` is a problem and is never read (nor hashed)."""
     listed: dict[str, Any] = manifest["files"]
     for rel, sha in sorted(listed.items()):
-        path = folder / rel
-        if not path.is_file():
+        pure = PurePosixPath(rel.replace("\\", "/"))
+        if not rel or pure.is_absolute() or ".." in pure.parts:
+            check.add(rel, "manifest.json lists a path outside the model folder (absolute or with ..); not read")
+        elif rel in flagged:
+            continue  # a symlink out or a FIFO: reported, not read
+        elif not os.path.lexists(folder / rel):
             check.add(rel, "listed in manifest.json but missing")
-        elif (actual := file_sha256(path)) != sha:
-            check.add(rel, f"sha256 in manifest.json {str(sha)[:12]}, file {actual[:12]}")
-    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}
-    for rel in sorted(on_disk - listed.keys()):
+        else:
+            try:
+                actual = file_sha256(folder / rel, within=repo)
+            except InputError as e:
+                check.add(rel, first_line(e))
+                continue
+            if actual != sha:
+                check.add(rel, f"sha256 in manifest.json {str(sha)[:12]}, file {actual[:12]}")
+    for rel in sorted(on_disk - listed.keys() - {"manifest.json"}):
         check.add(rel, "not listed in manifest.json (not written by wconv-deploy package)")
 
 
-def _artifact_io(path: Path, rel: str, kind: str, manifest: dict[str, Any] | None, cfg: Any, check: ModelCheck) -> ModelIO | None:
-    """What the model file at ``path`` takes: read from the ONNX file, or from the build manifest
-    recorded for the engine in manifest.json (None, with a problem added, when unknown)."""
+def _artifact_io(
+    path: Path, rel: str, kind: str, manifest: dict[str, Any] | None, cfg: Any, check: ModelCheck, repo: Path
+) -> ModelIO | None:
+    """What the model file at ``path`` takes: read from the ONNX file (a regular file inside ``repo``),
+    or from the build manifest recorded for the engine in manifest.json (None, with a problem added,
+    when unknown)."""
     try:
         if kind == ONNX_PLATFORM:
-            return _read_onnx(path)[0]
+            return _read_onnx(regular_file(path, within=repo, what=rel))[0]
         if manifest is None:
             return None  # the missing manifest is a problem already
         entry = next((a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("file") == rel), None)
@@ -514,7 +600,7 @@ def package(
     ``max_batch`` defaults to the largest batch of the input spec or profile (0 for a model
     without a batch axis); ``kind`` to ``gpu`` for engines and ``cpu`` for ONNX. Raises
     InputError for unusable artifacts or options, before anything is written; the repository is
-    unchanged by any failure.
+    unchanged by any failure (or signal).
     """
     say = progress or (lambda _msg: None)
     mc, text_format = import_model_config()
@@ -524,6 +610,8 @@ def package(
         raise InputError(f"--repo {repo_path}: not a folder")
     if not repo_path.parent.is_dir():
         raise InputError(f"--repo {repo_path}: folder {repo_path.parent} does not exist")
+    if dest.is_symlink():
+        raise InputError(f"{dest} is a symlink: packaging replaces the entry, not what it points at; remove the link first")
     if dest.exists() and not dest.is_dir():
         raise InputError(f"{dest} exists and is not a model folder")
 
@@ -563,19 +651,19 @@ def package(
 
     created = not repo_path.exists()
     repo_path.mkdir(exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=repo_path))
     try:
-        say(f"writing {name} into {repo_path} (staged in {stage.name})")
-        files = _write_entry(stage, name, version, platform, sources, text, options)
-        say("checking the entry offline")
-        check = CheckReport(os.fspath(repo_path), [_check_folder(stage, name)])
-        if not check.passed:
-            raise MismatchError(
-                f"the packaged model {name} fails its own check (a wconv-deploy bug; nothing written)", check.render()
-            )
-        replaced = _swap_in(stage, dest)
+        with staging_dir(repo_path, f".{name}.") as stage:
+            say(f"writing {name} into {repo_path} (staged in {stage.name})")
+            files = _write_entry(stage, name, version, platform, sources, text, options)
+            publish_modes(stage)
+            say("checking the entry offline")
+            check = CheckReport(os.fspath(repo_path), [_check_folder(stage, name, repo_path)])
+            if not check.passed:
+                raise MismatchError(
+                    f"the packaged model {name} fails its own check (a wconv-deploy bug; nothing written)", check.render()
+                )
+            replaced = _swap_in(stage, dest)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)  # gone already after a successful swap
         if created and not dest.exists():  # a failure: remove the repository folder this call made
             with contextlib.suppress(OSError):
                 repo_path.rmdir()
@@ -593,6 +681,10 @@ def _check_options(
 ) -> None:
     if not _MODEL_NAME.match(name):
         raise InputError(f"--name {name!r}: use letters, digits, '_', '-' and '.', starting with a letter, digit or '_'")
+    if len(name) > MAX_NAME_BYTES:
+        raise InputError(
+            f"--name is {len(name)} characters long; at most {MAX_NAME_BYTES} fit a folder name (and its staging name)"
+        )
     if version < 1:
         raise InputError(f"--version {version}: Triton serves versions 1, 2, ... (folder names)")
     if instances < 1:
@@ -612,8 +704,7 @@ def _read_artifacts(paths: list[Path], say: Progress) -> tuple[str, list[_Artifa
     for p in paths:
         if p.suffix.lower() not in (".onnx", *ENGINE_SUFFIXES):
             raise InputError(f"{p}: not an ONNX file or a TensorRT engine (.onnx, .plan, .engine)")
-        if not p.is_file():
-            raise InputError(f"{p} does not exist")
+        regular_file(p)
     onnx_files = [p for p in paths if p.suffix.lower() == ".onnx"]
     if onnx_files and len(onnx_files) < len(paths):
         raise InputError("one Triton model is an ONNX file or TensorRT engines, not both: package each under its own --name")
@@ -624,7 +715,7 @@ def _read_artifacts(paths: list[Path], say: Progress) -> tuple[str, list[_Artifa
         say(f"reading {path.name}")
         io, props, data = _read_onnx(path)
         for location in data:
-            if Path(location).name != location or not (path.parent / location).is_file():
+            if Path(location).name != location:
                 raise InputError(f"{path.name}: its external data {location!r} is not a file beside it")
         return ONNX_PLATFORM, [_Artifact(path, DEFAULT_FILENAME[ONNX_PLATFORM], io, {"metadata": props}, data)], []
     return _read_engines(paths, say)
@@ -635,12 +726,12 @@ def _read_engines(paths: list[Path], say: Progress) -> tuple[str, list[_Artifact
     manifests: list[BuildManifest] = []
     for path in paths:
         say(f"reading the manifest of {path.name}")
-        if not manifest_path(path).is_file():
+        if not os.path.lexists(manifest_path(path)):
             raise InputError(
                 f"{path} has no manifest {manifest_path(path).name}: packaging needs the shapes and GPU it records; "
                 "build the engine with wconv-deploy build"
             )
-        built = BuildManifest.read(manifest_path(path))
+        built = BuildManifest.read(regular_file(manifest_path(path), within=path.parent))
         if built.io is None:  # a manifest from before the inputs and outputs were recorded
             built = replace(built, io=_io_from_source(built, path))
         cc = built.compute_capability
@@ -670,16 +761,14 @@ def _read_engines(paths: list[Path], say: Progress) -> tuple[str, list[_Artifact
 
 def _io_from_source(built: BuildManifest, engine: Path) -> dict[str, list[dict[str, Any]]]:
     """Inputs and outputs of the ONNX an older manifest names, if it is still there unchanged."""
-    import onnx
-
     src = Path(built.onnx_path)
-    if not src.is_file():
+    if not os.path.lexists(src):
         raise InputError(
             f"{engine.name}: its manifest predates recorded inputs and outputs, and its ONNX {src} is gone: rebuild the engine"
         )
     if file_sha256(src) != built.onnx_sha256:
         raise InputError(f"{engine.name}: its ONNX {src} changed since the engine was built: rebuild the engine")
-    return onnx_io(onnx.load(os.fspath(src), load_external_data=False))
+    return onnx_io(read_onnx(src))
 
 
 def _max_batch_size(io: ModelIO, max_batch: int | None) -> int:
@@ -730,12 +819,12 @@ def _write_entry(
     folder = stage / str(version)
     folder.mkdir()
     for a in sources:
-        shutil.copyfile(a.source, folder / a.file)
+        _copy_file(a.source, folder / a.file)
         if "build_manifest" in a.provenance:  # beside the engine, so the trt runtime checks it before loading
             (folder / f"{a.file}.json").write_text(json.dumps(a.provenance["build_manifest"], indent=2) + "\n")
-        for data in a.data_files:
-            shutil.copyfile(a.source.parent / data, folder / data)
-    files = {p.relative_to(stage).as_posix(): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()}
+        for data in a.data_files:  # checked by read_onnx: regular files in the ONNX file's folder
+            _copy_file(a.source.parent / data, folder / data, within=a.source.parent)
+    files = {p.relative_to(stage).as_posix(): file_sha256(p, within=stage) for p in sorted(stage.rglob("*")) if p.is_file()}
     manifest = {
         "name": name,
         "version": version,
@@ -754,18 +843,45 @@ def _write_entry(
     return files
 
 
+def _copy_file(src: Path, dst: Path, within: Path | None = None) -> None:
+    """Copy the regular file ``src`` (inside the folder ``within``, when given) to the new file ``dst``.
+    The bytes come from the descriptor that was checked, and that descriptor must still be the file
+    at ``src`` inside ``within``: a path swapped for a symlink to a secret meanwhile is refused."""
+    with open_regular(src, within=within) as f:
+        if within is not None:
+            opened, now = os.fstat(f.fileno()), os.stat(src)
+            if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino) or not is_inside(src, within):
+                raise InputError(f"{src} was replaced while it was being opened; refusing to copy it")
+        with open(dst, "xb") as out:  # 0666 less the umask, like any new file
+            shutil.copyfileobj(f, out, 1 << 20)
+
+
 def _swap_in(stage: Path, dest: Path) -> bool:
     """Rename ``stage`` to ``dest``; an existing ``dest`` is moved aside first and deleted once the
-    new one is in place (put back if the rename fails). Returns whether one was replaced."""
+    new one is in place (put back if the rename fails or a signal comes between the renames).
+    Returns whether one was replaced."""
     if not dest.exists():
         os.rename(stage, dest)
         return False
     old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
-    os.rename(dest, old)
     try:
+        os.rename(dest, old)
         os.rename(stage, dest)
-    except OSError:
-        os.rename(old, dest)
+    except BaseException:
+        if old.exists() and not dest.exists():  # the new entry is not in place: the previous one goes back
+            os.rename(old, dest)
         raise
-    shutil.rmtree(old)
+    finally:
+        if old.exists() and dest.exists():  # the new entry is in place: the previous one goes
+            _remove_tree(old)
     return True
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a folder even if a signal comes meanwhile: the removal is finished (further signals
+    are ignored then, see :mod:`wconv_deploy.interrupts`) before the interruption goes on."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
