@@ -4,6 +4,7 @@ ONNX Runtime runs to within 1e-5 of PyTorch, and the graph checks catch what the
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -187,11 +188,28 @@ def test_full_pickle_of_reference_classes_needs_trust_for_user_blocks(
 @pytest.mark.parametrize("source", ["net2d_script.pt", "net2d.pt2"])
 def test_graph_only_formats_are_folded_on_the_graph(saved: Path, tmp_path: Path, source: str) -> None:
     out = tmp_path / "g.onnx"
-    report = export_onnx(saved / source, out, InputSpec.parse("2x3x16x16"))
+    trust = source.endswith("_script.pt")  # TorchScript is code: loading it as a graph needs the flag
+    report = export_onnx(saved / source, out, InputSpec.parse("2x3x16x16"), trust_pickle=trust)
     assert report.fold.deferred
     assert report.graph.passed and report.graph.conv_nodes == 4
     _assert_no_weight_arithmetic(out)
     assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
+
+
+@pytest.mark.parametrize("source", ["net2d_script.pt", "net2d.pt2"])
+def test_graph_formats_with_arch_export_their_weights_folded_as_modules(saved: Path, tmp_path: Path, source: str) -> None:
+    """--arch takes only the tensors of a TorchScript archive or .pt2 program: nothing from the file
+    runs, and the model is the user's own code, folded layer by layer like a state_dict."""
+    out = tmp_path / "w.onnx"
+    report = export_onnx(saved / source, out, InputSpec.parse("2x3x16x16"), arch=f"{saved / 'nets.py'}:net2d")
+    assert not report.fold.deferred and len(report.fold.folded) == 4
+    assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
+    import onnxruntime as ort
+
+    export_onnx(saved / "net2d.pt2", tmp_path / "g.onnx", InputSpec.parse("2x3x16x16"), validate_output=False)
+    x = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    ours, graph = (ort.InferenceSession(os.fspath(p)).run(None, x)[0] for p in (out, tmp_path / "g.onnx"))
+    assert np.abs(ours - graph).max() <= 1e-4 * np.abs(graph).max()  # the file's weights, not a fresh init
 
 
 def test_metadata_dynamic_names_and_report_file(saved: Path, tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ _FORMAT_NAMES = {
     "checkpoint": "checkpoint dict",
     "torchscript": "TorchScript archive",
     "export": "torch.export program (.pt2)",
+    "torchscript_weights": "TorchScript archive, weights only + architecture",
+    "export_weights": "torch.export program (.pt2), weights only + architecture",
 }
 
 
