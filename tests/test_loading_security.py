@@ -18,7 +18,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,11 +27,10 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
+from contract import assert_one_line_error, finishes, invoke
 from torch import nn
 
 from wconv_deploy import InputError, load_model
-from wconv_deploy.cli import cli
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
 
 REPO = Path(__file__).parents[1]
@@ -68,30 +66,7 @@ def refused(source: Path | str, *needles: str, **kwargs: Any) -> str:
 
 def cli_refuses(source: Path | str, *args: str) -> str:
     """``wconv-deploy inspect SOURCE ARGS`` exits 2 with one ``error:`` line and no traceback."""
-    r = CliRunner().invoke(cli, ["inspect", str(source), *args])
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.output
-    return lines[0]
-
-
-def finishes(fn: Callable[[], Any], seconds: float = 20.0) -> None:
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it blocks past ``seconds``."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            errors.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), "blocked: something opened a FIFO"
-    if errors:
-        raise errors[0]
+    return assert_one_line_error(invoke("inspect", source, *args), 2)
 
 
 class Payload:

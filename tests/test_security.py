@@ -10,18 +10,16 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from contract import assert_one_line_error, finishes, invoke
 from onnx import TensorProto, helper, numpy_helper
 
 from wconv_deploy.artifacts import external_data_files, parse_json, read_onnx
-from wconv_deploy.cli import cli
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.tensorrt import onnx_io
 from wconv_deploy.fileio import atomic_output, open_regular, regular_file
@@ -29,37 +27,6 @@ from wconv_deploy.spec import InputSpec, input_limit
 from wconv_deploy.validate import load_inputs, spec_from_onnx
 
 ZOO = "zoo:dncnn?depth=3&width=8"
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def _finishes(fn, seconds: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it blocks past ``seconds``."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            errors.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), "blocked: the reader opened a FIFO"
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +64,9 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="a FIFO"):
-        _finishes(lambda: open_regular(fifo))
+        finishes(lambda: open_regular(fifo))
     with pytest.raises(InputError, match="a FIFO"):
-        _finishes(lambda: read_onnx(fifo))
+        finishes(lambda: read_onnx(fifo))
 
 
 def test_a_symlink_out_of_its_folder_is_refused(tmp_path: Path) -> None:
@@ -151,7 +118,7 @@ def test_an_inputs_folder_with_a_fifo_or_an_escaping_symlink_is_refused(exported
     fifo_dir.mkdir()
     os.mkfifo(fifo_dir / "x.png")
     with pytest.raises(InputError, match="FIFO"):
-        _finishes(lambda: load_inputs(fifo_dir, spec))
+        finishes(lambda: load_inputs(fifo_dir, spec))
     link_dir = tmp_path / "link"
     link_dir.mkdir()
     from PIL import Image
@@ -163,7 +130,7 @@ def test_an_inputs_folder_with_a_fifo_or_an_escaping_symlink_is_refused(exported
     fifo_npz = tmp_path / "in.npz"
     os.mkfifo(fifo_npz)
     with pytest.raises(InputError, match="FIFO"):
-        _finishes(lambda: load_inputs(fifo_npz, spec))
+        finishes(lambda: load_inputs(fifo_npz, spec))
     r = invoke("validate", exported, "--reference", ZOO, "--inputs", fifo_dir)
     assert_one_line_error(r, 2, "FIFO")
 

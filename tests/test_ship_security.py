@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from contract import assert_one_line_error, finishes, invoke
 from onnx import TensorProto, helper, numpy_helper
 from test_serve import _infer, _model, _reference, _state, needs_pytriton
 
-from wconv_deploy.cli import cli
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.tensorrt import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
@@ -48,38 +47,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     export_onnx(_model(), path, InputSpec.parse("input:1x1x64x64", "batch=1:4"), exporter="torchscript")
     path.with_name("small.onnx.report.json").unlink()
     return path
-
-
-def invoke(*args: str | Path) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def assert_one_line_error(result: Result, code: int, *needles: str) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-
-
-def finishes(fn: Callable[[], Any], seconds: float = 20.0) -> Any:
-    """``fn()``, failing (rather than hanging the suite) if it blocks past ``seconds``: a FIFO opened."""
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as e:  # noqa: BLE001 - handed to the test thread
-            out.append(e)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), "blocked: a FIFO was opened"
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
 
 
 def listing(folder: Path) -> dict[str, str]:
