@@ -81,6 +81,26 @@ def test_a_symlink_out_of_its_folder_is_refused(tmp_path: Path) -> None:
     assert regular_file(tmp_path / "art" / "link_inside", within=tmp_path / "art").name == "link_inside"
 
 
+def test_a_file_swapped_for_a_symlink_out_while_opening_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wconv_deploy.fileio as fileio
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"s3cret")
+    folder = tmp_path / "art"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"data")
+    real_open = os.open
+
+    def swap_then_open(path: str | os.PathLike[str], flags: int, *args: int) -> int:
+        os.unlink(folder / "w.bin")  # the race: after the checks, before the open
+        (folder / "w.bin").symlink_to(secret)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(fileio.os, "open", swap_then_open)
+    with pytest.raises(InputError, match="changed while being opened"):
+        fileio.read_bytes(folder / "w.bin", within=folder)
+
+
 @pytest.mark.parametrize("in_constant", [False, True], ids=["initializer", "constant-node"])
 @pytest.mark.parametrize("how", ["symlink", "dotdot", "absolute"])
 def test_external_data_outside_the_folder_is_refused(tmp_path: Path, how: str, in_constant: bool) -> None:

@@ -203,21 +203,6 @@ def test_a_signal_between_the_renames_puts_the_previous_entry_back(
     assert listing(repo) == before  # the previous entry, no .m.*.old, no .m.*.tmp
 
 
-def test_a_data_file_swapped_after_its_check_is_not_copied(small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _with_external_data(small, tmp_path / "src")
-    secret = tmp_path / "secret.bin"
-    secret.write_bytes((tmp_path / "src" / "w.bin").read_bytes())
-    opened = triton.open_regular
-
-    def swapped(src: Path, *, within: Path | None = None) -> Any:  # as if w.bin became a link between check and open
-        return opened(secret) if src.name == "w.bin" else opened(src, within=within)
-
-    monkeypatch.setattr(triton, "open_regular", swapped)
-    with pytest.raises(InputError, match="replaced while it was being opened"):
-        triton.package([path], tmp_path / "repo", "m")
-    assert not (tmp_path / "repo").exists()
-
-
 # --------------------------------------------------------------------------- package --check: nothing read outside
 
 

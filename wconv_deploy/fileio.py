@@ -80,8 +80,21 @@ def open_regular(path: str | os.PathLike[str], *, within: str | os.PathLike[str]
     if not stat.S_ISREG(st.st_mode):  # swapped between the check and the open
         os.close(fd)
         raise InputError(f"{label}: {_kind(st.st_mode)}, not a regular file; refusing to read it")
+    if within is not None and not _still_inside(p, within, st):  # swapped for a symlink out meanwhile
+        os.close(fd)
+        raise InputError(f"{label}: changed while being opened (now resolves outside {within}); refusing to read it")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return os.fdopen(fd, "rb")
+
+
+def _still_inside(path: Path, within: str | os.PathLike[str], opened: os.stat_result) -> bool:
+    """Whether the file opened (``opened``) is the one ``path`` now resolves to, inside ``within``."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    return is_inside(real, within) and (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def read_bytes(

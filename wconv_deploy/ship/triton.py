@@ -845,13 +845,9 @@ def _write_entry(
 
 def _copy_file(src: Path, dst: Path, within: Path | None = None) -> None:
     """Copy the regular file ``src`` (inside the folder ``within``, when given) to the new file ``dst``.
-    The bytes come from the descriptor that was checked, and that descriptor must still be the file
-    at ``src`` inside ``within``: a path swapped for a symlink to a secret meanwhile is refused."""
+    The bytes come from the descriptor :func:`open_regular` checked (still the file inside ``within``
+    after the open), so a path swapped for a symlink to a secret meanwhile is refused."""
     with open_regular(src, within=within) as f:
-        if within is not None:
-            opened, now = os.fstat(f.fileno()), os.stat(src)
-            if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino) or not is_inside(src, within):
-                raise InputError(f"{src} was replaced while it was being opened; refusing to copy it")
         with open(dst, "xb") as out:  # 0666 less the umask, like any new file
             shutil.copyfileobj(f, out, 1 << 20)
 
