@@ -120,11 +120,16 @@ def read_text(
 
 
 def file_sha256(path: str | os.PathLike[str], *, within: str | os.PathLike[str] | None = None) -> str:
-    """The sha256 of a regular file's bytes, read in 1 MiB blocks (models can be large)."""
-    h = hashlib.sha256()
+    """The sha256 of a regular file's bytes (see :func:`stream_sha256`)."""
     with open_regular(path, within=within) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return stream_sha256(f)
+
+
+def stream_sha256(f: BinaryIO) -> str:
+    """The sha256 of what is left to read in ``f``, in 1 MiB blocks (models can be large)."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -185,16 +190,3 @@ def staging_dir(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def publish_modes(root: str | os.PathLike[str]) -> None:
-    """Give every file and folder under ``root`` (itself included) the ordinary modes, for files
-    that libraries wrote with their own (tempfile's 0600/0700)."""
-    fmode, dmode = file_mode(), folder_mode()
-    os.chmod(root, dmode)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            os.chmod(os.path.join(dirpath, d), dmode, follow_symlinks=False)
-        for f in filenames:
-            if not os.path.islink(os.path.join(dirpath, f)):
-                os.chmod(os.path.join(dirpath, f), fmode)

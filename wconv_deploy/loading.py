@@ -55,7 +55,7 @@ from wconv_deploy.archives import (
     torchscript_tensors,
 )
 from wconv_deploy.errors import InputError, first_line
-from wconv_deploy.fileio import file_sha256, open_regular
+from wconv_deploy.fileio import open_regular, stream_sha256
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -719,7 +719,8 @@ def load_model(
         if size == 0:
             raise InputError(f"{path}: the file is empty")
         kind, archive = _sniff(f, path, size)
-        digest = file_sha256(path)
+        f.seek(0)
+        digest = stream_sha256(f)  # the file opened and checked, not the path again
         f.seek(0)
         if archive is not None and kind in ("torchscript", "export"):
             return _load_graph(f, path, kind, archive, arch, trust_pickle, digest)

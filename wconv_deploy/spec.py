@@ -126,10 +126,10 @@ class InputSpec:
         for t in self.inputs:
             if any(d.max > MAX_DIM for d in t.dims):
                 raise InputError(f"input {t.name!r}: an axis larger than {MAX_DIM} ({self.describe_one(t)}) is not a real shape")
-        shapes = max(self.validation_shapes(), key=self._bytes)
-        if self._bytes(shapes) > input_limit_bytes():
+        need, shapes = max((self._bytes(s), s) for s in self.validation_shapes())
+        if need > input_limit_bytes():
             raise InputError(
-                f"the inputs at {', '.join('x'.join(map(str, s)) for s in shapes)} take {self._bytes(shapes) / 2**30:.1f} GiB, "
+                f"the inputs at {', '.join('x'.join(map(str, s)) for s in shapes)} take {need / 2**30:.1f} GiB, "
                 f"more than the {_input_limit.get():g} GiB limit; check the shape, or pass --max-input-gb to raise the limit"
             )
 

@@ -361,11 +361,12 @@ def validate(
     )
 
 
-def spec_from_onnx(onnx_path: str | os.PathLike[str]) -> InputSpec:
-    """The input spec ``export_onnx`` stored in the file's metadata (InputError if absent)."""
+def spec_from_onnx(onnx_path: str | os.PathLike[str], model: Any = None) -> InputSpec:
+    """The input spec ``export_onnx`` stored in the file's metadata (InputError if absent);
+    ``model``: the file already read, so that it is not read twice."""
     from wconv_deploy.artifacts import read_onnx
 
-    spec = spec_from_model(read_onnx(onnx_path), os.fspath(onnx_path))
+    spec = spec_from_model(model if model is not None else read_onnx(onnx_path), os.fspath(onnx_path))
     if spec is None:
         raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
     return spec

@@ -138,8 +138,8 @@ def convert_onnx(
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
     src = regular_file(onnx_path)
-    spec = spec_from_onnx(src)
     model = read_onnx(src, load_external_data=True)
+    spec = spec_from_onnx(src, model)
     reference = reference if reference is not None else _reference_from_metadata(model)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)

@@ -54,7 +54,7 @@ from typing import Any
 from wconv_deploy.artifacts import external_data_files, parse_json, read_onnx, wconv_metadata
 from wconv_deploy.errors import InputError, MismatchError, first_line
 from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path, onnx_io
-from wconv_deploy.fileio import file_sha256, is_inside, open_regular, publish_modes, read_text, regular_file, staging_dir
+from wconv_deploy.fileio import file_sha256, is_inside, open_regular, read_text, regular_file, staging_dir
 from wconv_deploy.table import format_table
 from wconv_deploy.validate import spec_from_model
 
@@ -654,8 +654,7 @@ def package(
     try:
         with staging_dir(repo_path, f".{name}.") as stage:
             say(f"writing {name} into {repo_path} (staged in {stage.name})")
-            files = _write_entry(stage, name, version, platform, sources, text, options)
-            publish_modes(stage)
+            files = _write_entry(stage, name, version, platform, sources, text, options)  # modes from the umask
             say("checking the entry offline")
             check = CheckReport(os.fspath(repo_path), [_check_folder(stage, name, repo_path)])
             if not check.passed:
