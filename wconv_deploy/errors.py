@@ -8,6 +8,7 @@ Anything else escaping the library is a bug.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 #: The errno values that mean the disk (or the user's quota) is full: one line, exit 2.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -26,11 +27,12 @@ class InputError(WconvError):
 
 
 class MismatchError(WconvError):
-    """Numbers that must agree do not. ``report`` is printable detail (a table)."""
+    """Numbers that must agree do not. ``report`` is the report object (a
+    :class:`wconv_deploy.reports.Report`) the CLI prints, as a table or as JSON under ``--json``."""
 
     exit_code = 1
 
-    def __init__(self, message: str, report: str = "") -> None:
+    def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
 

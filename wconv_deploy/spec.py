@@ -20,6 +20,11 @@ rank 3 ``batch, channels, length``; rank 4 ``batch, channels, height, width``; r
 shape exported and validated first); a dynamic axis without an explicit range spans
 ``1..max(8, 2*opt)`` for ``batch`` and ``opt//2..2*opt`` for the others. A name used by
 several inputs is one shared dimension (every input has the same batch size).
+
+The spec answers every shape question: the largest batch, whether a model batches (the one rule
+Triton packaging and serving share, :meth:`InputSpec.batches`), the spec at one batch size, the
+spec an engine's optimisation profile describes, and the dims Triton's config lists. Importing
+this module does not import torch (``verify`` runs where torch is not installed).
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ import contextvars
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import InputError, first_line
+
+if TYPE_CHECKING:
+    import torch
 
 AXIS_NAMES: dict[int, tuple[str, ...]] = {
     1: ("batch",),
@@ -46,15 +53,8 @@ AXIS_NAMES: dict[int, tuple[str, ...]] = {
     5: ("batch", "channels", "depth", "height", "width"),
 }
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
+#: The input dtypes a spec may name (NumPy's names; torch has a dtype of the same name for each).
+DTYPES: tuple[str, ...] = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -112,7 +112,42 @@ class TensorSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        import torch
+
+        dtype: torch.dtype = getattr(torch, self.dtype)
+        return dtype
+
+    def tensor(self) -> Tensor:
+        """This input as a :class:`Tensor` (-1 where an axis varies)."""
+        return Tensor(self.name, self.dtype, tuple(-1 if d.dynamic else d.opt for d in self.dims))
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output of an artifact, as its graph, an engine or Triton sees it: name, dtype
+    (NumPy's name, e.g. ``float32``) and shape, -1 where an axis varies (None: the graph gives no
+    shape). The one tensor type of the project; an input's size *ranges* live in the spec."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...] | None
+
+    @property
+    def batch_axis(self) -> bool:
+        """Whether axis 0 varies (a candidate batch axis)."""
+        return bool(self.shape) and self.shape[0] == -1  # type: ignore[index]
+
+    def triton_dims(self, batching: bool) -> list[int]:
+        """The dims Triton's config lists: without axis 0 when the model batches."""
+        if self.shape is None:
+            raise InputError(f"the graph gives no shape for {self.name!r}; Triton's config needs one")
+        if not batching:
+            return list(self.shape)
+        if len(self.shape) == 1:
+            raise InputError(
+                f"{self.name!r} has only a batch axis; Triton would need a reshape, which wconv-deploy does not write"
+            )
+        return list(self.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -188,6 +223,81 @@ class InputSpec:
     def shapes(self, which: str = "opt") -> list[tuple[int, ...]]:
         return [t.shape(which) for t in self.inputs]
 
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The inputs as :class:`Tensor` (-1 where an axis varies)."""
+        return tuple(t.tensor() for t in self.inputs)
+
+    # ----------------------------------------------------------------------- batching
+    def not_batching_reason(self, outputs: Sequence[Tensor] = ()) -> str | None:
+        """Why a model with this spec and these outputs does not batch, or None when it does.
+
+        The one rule (Triton's): axis 0 of every input is the dynamic ``batch`` axis, and axis 0
+        of every output varies. ``package`` writes ``max_batch_size`` and ``serve`` serves by it."""
+        for t in self.inputs:
+            if not t.dims or t.dims[0].name != "batch" or not t.dims[0].dynamic:
+                return f"axis 0 of input {t.name!r} is not a dynamic batch ({self.describe_one(t)})"
+        for o in outputs:
+            if not o.batch_axis:
+                return f"axis 0 of output {o.name!r} is fixed: {list(o.shape or [])}"
+        return None
+
+    def batches(self, outputs: Sequence[Tensor] = ()) -> bool:
+        """Whether the model batches (see :meth:`not_batching_reason`)."""
+        return self.not_batching_reason(outputs) is None
+
+    @property
+    def max_batch(self) -> int:
+        """The largest batch every input takes (0 when axis 0 is not a dynamic batch)."""
+        if not self.batches():
+            return 0
+        return min(t.dims[0].max for t in self.inputs)
+
+    @property
+    def min_batch(self) -> int:
+        """The smallest batch every input takes (0 when axis 0 is not a dynamic batch)."""
+        if not self.batches():
+            return 0
+        return max(t.dims[0].min for t in self.inputs)
+
+    def at_batch(self, batch: int) -> InputSpec:
+        """This spec with the ``batch`` axis fixed at ``batch`` (inputs without one unchanged)."""
+        if batch < 1:
+            raise InputError(f"batch {batch}: must be 1 or more")
+        inputs = []
+        for t in self.inputs:
+            if t.dims and t.dims[0].name == "batch":
+                d = t.dims[0]
+                if d.dynamic and not d.min <= batch <= d.max:
+                    raise InputError(f"batch {batch} is outside input {t.name!r}'s batch range {d.min}..{d.max}")
+                t = replace(t, dims=(Dim(d.name, batch, batch, batch), *t.dims[1:]))
+            inputs.append(t)
+        return InputSpec(tuple(inputs))
+
+    # ----------------------------------------------------------------------- engine profiles
+    def profile(self) -> dict[str, dict[str, list[int]]]:
+        """The optimisation profile spanning this spec: ``{input: {"min", "opt", "max"}}``."""
+        return {t.name: {k: list(t.shape(k)) for k in ("min", "opt", "max")} for t in self.inputs}
+
+    @classmethod
+    def from_profile(cls, profile: Mapping[str, Mapping[str, Sequence[int]]], dtypes: dict[str, str] | None = None) -> InputSpec:
+        """The spec an engine's optimisation profile describes (axes named by rank, as parsed)."""
+        inputs = []
+        for name, shapes in profile.items():
+            try:
+                lo, opt, hi = (tuple(int(v) for v in shapes[k]) for k in ("min", "opt", "max"))
+            except (KeyError, TypeError, ValueError) as e:
+                raise InputError(f"profile of input {name!r} is not min/opt/max shapes: {first_line(e)}") from None
+            if len(opt) not in AXIS_NAMES or not len(lo) == len(opt) == len(hi):
+                raise InputError(f"profile of input {name!r}: rank {len(opt)}; ranks 1 to 5 are supported")
+            if any(not 1 <= a <= b <= c for a, b, c in zip(lo, opt, hi)):
+                raise InputError(f"profile of input {name!r}: need 1 <= min <= opt <= max on every axis")
+            dims = tuple(Dim(n, o, a, c) for n, a, o, c in zip(AXIS_NAMES[len(opt)], lo, opt, hi))
+            inputs.append(TensorSpec(name, dims, (dtypes or {}).get(name, "float32")))
+        if not inputs:
+            raise InputError("the optimisation profile names no inputs")
+        return cls(tuple(inputs))
+
     def validation_shapes(self) -> list[list[tuple[int, ...]]]:
         """Input shapes to validate at: the optimum, every dynamic axis at its minimum, and the
         non-batch dynamic axes at their maximum with a batch one larger than the optimum
@@ -206,6 +316,8 @@ class InputSpec:
 
     def example_inputs(self, shapes: Sequence[tuple[int, ...]] | None = None, seed: int = 0) -> list[torch.Tensor]:
         """Seeded standard-normal inputs (random integers for integer dtypes) of ``shapes``."""
+        import torch
+
         gen = torch.Generator().manual_seed(seed)
         out = []
         for t, shape in zip(self.inputs, shapes or self.shapes("opt")):
@@ -226,6 +338,8 @@ class InputSpec:
         """``dynamic_shapes`` for ``torch.export``/``torch.onnx.export(dynamo=True)``: one
         ``torch.export.Dim`` per axis name, shared across inputs, so the ONNX graph names its
         symbolic dimensions ``batch``, ``height``, ..."""
+        import torch
+
         dims = {name: torch.export.Dim(name, min=d.min, max=d.max) for name, d in self.dynamic_axes.items()}
         return tuple({i: dims[d.name] for i, d in enumerate(t.dims) if d.dynamic} for t in self.inputs)
 
