@@ -1,9 +1,14 @@
-"""The one interface every backend implements, so validation and benchmarks treat them alike.
+"""The one interface every backend implements, so validation, benchmarks and serving treat them alike.
 
-A runtime is built from an artifact (a PyTorch module or an ONNX file), takes named NumPy
-arrays and returns the model's outputs as a list of NumPy arrays in the model's output order,
-and describes itself (device, precision, library versions) for reports. Building one may be
-slow (sessions, compilation); ``run`` is the hot path the benchmark times.
+A runtime is built from an artifact (a PyTorch module, an ONNX file or an engine), takes named
+NumPy arrays and returns the model's outputs as a list of NumPy arrays in the model's output
+order, and describes itself (device, typed precision, library versions) for reports. Building
+one may be slow (sessions, compilation); ``run`` is the hot path the benchmark times.
+
+``run`` is a template method (as Polygraphy's runners): it checks the feeds against the input
+spec (names, ranks, axis ranges) and then calls the backend's ``_run``, so a wrong shape is one
+line naming the input, whatever the backend would have said. Every capability is declared here:
+``output_names``, ``device_time_ms`` (None where a backend cannot time the device alone).
 """
 
 from __future__ import annotations
@@ -11,20 +16,29 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
+
+from wconv_deploy.errors import InputError
+from wconv_deploy.precision import Precision
+from wconv_deploy.spec import InputSpec
 
 
 @dataclass(frozen=True)
 class RuntimeInfo:
-    """What a runtime is, for reports: ``device`` groups rows that may be compared."""
+    """What a runtime is, for reports: ``device`` groups rows that may be compared; ``precision``
+    keys the error limits; ``detail`` says more (``eager``, ``int8 model, fp32 compute``)."""
 
     name: str
     device: str
-    precision: str
+    precision: Precision
+    detail: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``fp16 (compiled)``: the precision column of a table."""
+        return f"{self.precision.value} ({self.detail})" if self.detail else self.precision.value
 
 
 class Runtime(ABC):
@@ -32,33 +46,43 @@ class Runtime(ABC):
 
     name: str = "runtime"
     on_gpu: bool = False  # True when run() computes on a GPU (the benchmark then also times the device)
+    #: The inputs ``run`` accepts; None: only the names are checked.
+    spec: InputSpec | None = None
 
     @property
     @abstractmethod
     def input_names(self) -> list[str]:
         """The inputs ``run`` expects, in the model's order."""
 
+    @property
     @abstractmethod
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Outputs for ``feeds`` (one array per input name)."""
+    def output_names(self) -> list[str]:
+        """The outputs ``run`` returns, in order."""
 
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for ``feeds`` (one array per input name), checked against the spec first."""
+        if self.spec is not None:
+            self.spec.check_arrays(dict(feeds))
+        else:
+            missing = [n for n in self.input_names if n not in feeds]
+            if missing:
+                raise InputError(f"inputs lack {', '.join(missing)} (expected: {', '.join(self.input_names)})")
+        return self._run(feeds)
+
+    @abstractmethod
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The backend's inference call (feeds already checked)."""
+
+    def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
+        """Per-call compute time on the device alone (CUDA events), or None where not measurable."""
+        return None
+
+    @abstractmethod
     def describe(self) -> RuntimeInfo:
-        """Device, precision and versions (subclasses say more)."""
-        return RuntimeInfo(self.name, "cpu", "fp32")
+        """Device, precision and versions."""
 
     def synchronize(self) -> None:  # noqa: B027 - a no-op is right for synchronous runtimes
         """Wait for queued device work (GPU runtimes); ``run`` on CPU runtimes is synchronous."""
-
-
-def outputs_of(result: Any) -> list[torch.Tensor]:
-    """The tensors of a forward result (a tensor, or tuples/lists/dicts of them), in order."""
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        return [t for v in result.values() for t in outputs_of(v)]
-    if isinstance(result, (list, tuple)):
-        return [t for v in result for t in outputs_of(v)]
-    return []
 
 
 def cpu_name() -> str:

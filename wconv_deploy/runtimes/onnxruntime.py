@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from functools import partial
 
 import numpy as np
 
+from wconv_deploy._optional import missing, require
 from wconv_deploy.errors import InputError
+from wconv_deploy.precision import Precision
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name
+from wconv_deploy.runtimes.registry import Artifacts, RuntimeEntry, register
+from wconv_deploy.spec import InputSpec
 
 #: Runtime name -> the execution providers it asks for, in order of preference.
 PROVIDERS = {
@@ -20,21 +24,12 @@ PROVIDERS = {
 }
 
 
-def import_ort() -> Any:
-    """The onnxruntime module, or a one-line InputError naming the extras that provide it."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise InputError("onnxruntime is not installed: pip install 'wconv-deploy[cpu]' (or [gpu] for the CUDA build)") from None
-    return ort
-
-
 def unavailable_reason(name: str) -> str | None:
     """Why the ONNX Runtime flavour ``name`` cannot run here, or None if it can."""
-    try:
-        ort = import_ort()
-    except InputError as e:
-        return str(e)
+    reason = missing("onnxruntime", "cpu")
+    if reason:
+        return reason
+    ort = require("onnxruntime", "cpu")
     first = PROVIDERS[name][0]
     if first not in ort.get_available_providers():
         return f"this onnxruntime has no {first} (has: {', '.join(ort.get_available_providers())})"
@@ -47,19 +42,29 @@ class OnnxRuntime(Runtime):
     ``providers`` may be a runtime name from :data:`PROVIDERS` or a list of provider names. With
     a CUDA provider, inputs are copied to the device once per ``run`` through IOBinding and the
     outputs are bound on the device, as a serving loop would do; ``threads`` sets the intra-op
-    thread count (0: ONNX Runtime's default)."""
+    thread count (0: ONNX Runtime's default). ``spec``: the inputs ``run`` accepts (default: the
+    spec the file stores, if any)."""
 
-    def __init__(self, path: str | os.PathLike[str], providers: str | Sequence[str] = "ort-cpu", *, threads: int = 0) -> None:
-        ort = import_ort()
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: str | Sequence[str] = "ort-cpu",
+        *,
+        threads: int = 0,
+        spec: InputSpec | None = None,
+    ) -> None:
+        from wconv_deploy.artifacts import OnnxInfo
+
+        ort = require("onnxruntime", "cpu")
         self.name = providers if isinstance(providers, str) else "ort"
         wanted = list(PROVIDERS[providers] if isinstance(providers, str) else providers)
         if wanted[0] not in ort.get_available_providers():
             raise InputError(
                 f"{self.name}: this onnxruntime has no {wanted[0]} (has: {', '.join(ort.get_available_providers())})"
             )
-        from wconv_deploy.artifacts import read_onnx
-
-        read_onnx(path)  # a regular file whose external data stays in its folder, before ORT opens anything
+        info = OnnxInfo.read(path)  # a regular file whose external data stays in its folder, before ORT opens anything
+        self.spec = spec or info.stored_spec
+        self.precision = info.precision
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: warnings would break one-line output
         if threads:
@@ -70,23 +75,27 @@ class OnnxRuntime(Runtime):
             raise InputError(f"onnxruntime cannot load {path}: {str(e).strip().splitlines()[0]}") from None
         self.providers = self.session.get_providers()
         self.on_gpu = self.providers[0] in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+        self._inputs = [i.name for i in self.session.get_inputs()]
+        self._outputs = [o.name for o in self.session.get_outputs()]
         self._ort = ort
 
     @property
     def input_names(self) -> list[str]:
-        return [i.name for i in self.session.get_inputs()]
+        return list(self._inputs)
 
     @property
     def output_names(self) -> list[str]:
-        return [o.name for o in self.session.get_outputs()]
+        return list(self._outputs)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if not self.on_gpu:
-            return [np.asarray(o) for o in self.session.run(None, dict(feeds))]
+            return [np.asarray(o) for o in self.session.run(None, {n: feeds[n] for n in self._inputs})]
         binding = self.session.io_binding()
-        for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0))
-        for name in self.output_names:
+        for name in self._inputs:
+            binding.bind_ortvalue_input(
+                name, self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[name]), "cuda", 0)
+            )
+        for name in self._outputs:
             binding.bind_output(name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return [np.asarray(v) for v in binding.copy_outputs_to_cpu()]
@@ -100,5 +109,23 @@ class OnnxRuntime(Runtime):
                 device = torch.cuda.get_device_name(0)
             except Exception:  # no torch CUDA build: name the provider instead
                 device = "CUDA device 0"
-        stamped = self.session.get_modelmeta().custom_metadata_map.get("wconv_deploy.precision")
-        return RuntimeInfo(self.name, device, stamped or "fp32", {"onnxruntime": self._ort.__version__})
+        return RuntimeInfo(self.name, device, self.precision, versions={"onnxruntime": self._ort.__version__})
+
+
+def _build(entry: RuntimeEntry, artifacts: Artifacts) -> Runtime:
+    assert artifacts.onnx_path is not None
+    return OnnxRuntime(artifacts.onnx_path, entry.name, threads=artifacts.threads, spec=artifacts.spec)
+
+
+for _name, _device in (("ort-cpu", "cpu"), ("ort-cuda", "cuda"), ("ort-trt", "cuda")):
+    register(
+        RuntimeEntry(
+            _name,
+            "onnx",
+            _device,  # type: ignore[arg-type]
+            Precision.FP32,
+            "cpu" if _device == "cpu" else "gpu",
+            partial(unavailable_reason, _name),
+            _build,
+        )
+    )

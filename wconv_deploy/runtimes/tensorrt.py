@@ -1,10 +1,12 @@
 """Native TensorRT engines behind the :class:`Runtime` interface (TensorRT 10/11 Python API).
 
 The engine's I/O lives in device buffers (torch CUDA tensors, reused while the shapes stay the
-same); ``run`` copies the inputs in, enqueues ``execute_async_v3`` on a private stream and copies
-the outputs back. ``cuda_graph=True`` captures the enqueue in a CUDA graph once per input shape
-and replays it. ``device_time_ms`` times the engine alone with CUDA events, inputs already on the
-device, apart from the end-to-end time ``run`` costs.
+same); ``run`` checks the feeds against the engine's input spec (its manifest's), copies the
+inputs in, enqueues ``execute_async_v3`` on a private stream and copies the outputs back.
+``trt-graph`` captures the enqueue in a CUDA graph once per input shape and replays it.
+``device_time_ms`` times the engine alone with CUDA events, inputs already on the device, apart
+from the end-to-end time ``run`` costs. Importing this module imports neither TensorRT nor
+torch: both load when a runtime is built or its availability is asked.
 """
 
 from __future__ import annotations
@@ -15,43 +17,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+from wconv_deploy._optional import missing, require
+from wconv_deploy.artifacts import BuildManifest, manifest_path
+from wconv_deploy.errors import InputError
+from wconv_deploy.fileio import read_bytes, regular_file
+from wconv_deploy.precision import Precision
+from wconv_deploy.runtimes.base import Runtime, RuntimeInfo
+from wconv_deploy.runtimes.registry import Artifacts, RuntimeEntry, register
+from wconv_deploy.spec import InputSpec
 
 if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself is imported lazily
     import tensorrt
-
-    from wconv_deploy.exporters.tensorrt import BuildManifest
-
-from wconv_deploy.errors import InputError
-from wconv_deploy.fileio import read_bytes, regular_file
-from wconv_deploy.runtimes.base import Runtime, RuntimeInfo
-
-INSTALL_HINT = (
-    "pip install 'wconv-deploy[gpu]' --extra-index-url https://pypi.nvidia.com (TensorRT wheels come from NVIDIA's package index)"
-)
-
-
-def import_tensorrt() -> Any:
-    """The tensorrt module, or a one-line InputError. (A stubs-only install is not TensorRT.)"""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise InputError(f"tensorrt is not installed: {INSTALL_HINT}") from None
-    if not hasattr(trt, "Runtime"):
-        raise InputError(f"only type stubs of tensorrt are installed, not TensorRT: {INSTALL_HINT}")
-    return trt
+    import torch
 
 
 def unavailable_reason() -> str | None:
     """Why TensorRT engines cannot run here, or None when they can."""
-    try:
-        import_tensorrt()
-    except InputError as e:
-        return str(e)
+    reason = missing("tensorrt", "gpu", attribute="Runtime")  # a stubs-only install has no Runtime
+    if reason:
+        return reason
+    import torch
+
     return None if torch.cuda.is_available() else "no CUDA device visible to torch"
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
+    import torch
+
     table = {
         trt.DataType.FLOAT: torch.float32,
         trt.DataType.HALF: torch.float16,
@@ -69,7 +62,7 @@ def _torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
 
 def _check_manifest(trt: Any, path: Path) -> BuildManifest | None:
     """The engine's manifest (``ENGINE.json``), checked against this TensorRT and GPU; None if absent."""
-    from wconv_deploy.exporters.tensorrt import BuildManifest, check_engine_compatible, local_gpu, manifest_path
+    from wconv_deploy.exporters.trt_plan import check_engine_compatible, local_gpu
 
     if not manifest_path(path).exists():
         return None
@@ -80,7 +73,7 @@ def _check_manifest(trt: Any, path: Path) -> BuildManifest | None:
 
 def _not_deserialised(trt: Any, path: Path, manifest: BuildManifest | None) -> str:
     """Why TensorRT returned no engine, as far as the manifest (or its absence) tells."""
-    from wconv_deploy.exporters.tensorrt import local_gpu, manifest_path, rebuild_command
+    from wconv_deploy.exporters.trt_plan import local_gpu, rebuild_command
 
     gpu, cc = local_gpu()
     here = f"TensorRT {trt.__version__} on {gpu} (sm {cc})"
@@ -100,23 +93,26 @@ class TensorRTRuntime(Runtime):
     """A deserialised TensorRT engine (``.plan``/``.engine``) on CUDA device 0.
 
     The manifest ``ENGINE.json`` (from ``wconv-deploy build``) is checked first, so a version
-    or GPU mismatch reads as such. A version-compatible engine runs code embedded in the file
-    and loads only with ``trust_code``."""
+    or GPU mismatch reads as such; it also gives the precision and the input spec (``spec``
+    overrides the latter). A version-compatible engine runs code embedded in the file and loads
+    only with ``trust_code``."""
 
     def __init__(
         self,
         engine_path: str | os.PathLike[str],
         *,
         cuda_graph: bool = False,
-        precision: str | None = None,
         trust_code: bool = False,
+        spec: InputSpec | None = None,
     ) -> None:
+        import torch
+
+        self.name = "trt-graph" if cuda_graph else "trt"
         reason = unavailable_reason()
         if reason:
-            raise InputError(f"trt: {reason}")
-        trt = import_tensorrt()
+            raise InputError(f"{self.name}: {reason}")
+        trt = require("tensorrt", "gpu", attribute="Runtime")
         self._trt = trt
-        self.name = "trt-graph" if cuda_graph else "trt"
         path = Path(engine_path)
         if regular_file(path).stat().st_size == 0:
             raise InputError(f"{path}: the engine file is empty")
@@ -133,8 +129,8 @@ class TensorRTRuntime(Runtime):
         engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(read_bytes(path))
         if engine is None:
             raise InputError(_not_deserialised(trt, path, manifest))
-        if precision is None and manifest is not None and manifest.precision != "tf32":
-            precision = manifest.precision  # (tf32 stays unknown: bench's error limits have no tf32 entry)
+        self.manifest = manifest
+        self.spec = spec if spec is not None or manifest is None else manifest.spec(path.name)
         self.engine: tensorrt.ICudaEngine = engine
         self.context: tensorrt.IExecutionContext = engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -147,7 +143,6 @@ class TensorRTRuntime(Runtime):
         self._buffers: dict[str, torch.Tensor] = {}
         self._shapes: tuple[tuple[int, ...], ...] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
-        self.precision = precision  # what the engine was built for (its manifest says); None: unknown
 
     @property
     def input_names(self) -> list[str]:
@@ -159,6 +154,8 @@ class TensorRTRuntime(Runtime):
 
     def _prepare(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """(Re)allocate device buffers and bind them when the input shapes change."""
+        import torch
+
         if shapes == self._shapes:
             return
         for name, shape in zip(self._inputs, shapes):
@@ -177,6 +174,8 @@ class TensorRTRuntime(Runtime):
         self._shapes, self._graph = shapes, None
 
     def _enqueue(self) -> None:
+        import torch
+
         if not self.cuda_graph:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise InputError("trt: execute_async_v3 failed")
@@ -191,12 +190,16 @@ class TensorRTRuntime(Runtime):
         self._graph.replay()
 
     def _load_inputs(self, feeds: Mapping[str, np.ndarray]) -> None:
+        import torch
+
         self._prepare(tuple(tuple(int(s) for s in np.shape(feeds[n])) for n in self._inputs))
         with torch.cuda.stream(self.stream):
             for name in self._inputs:
                 self._buffers[name].copy_(torch.from_numpy(np.ascontiguousarray(feeds[name])), non_blocking=False)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
         self._load_inputs(feeds)
         with torch.cuda.stream(self.stream):
             self._enqueue()
@@ -206,6 +209,8 @@ class TensorRTRuntime(Runtime):
 
     def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float]:
         """Engine time alone (CUDA events), inputs already on the device, per call."""
+        import torch
+
         self._load_inputs(feeds)
         times = []
         for _ in range(iterations):
@@ -222,9 +227,26 @@ class TensorRTRuntime(Runtime):
         self.stream.synchronize()
 
     def describe(self) -> RuntimeInfo:
-        return RuntimeInfo(
-            self.name,
-            torch.cuda.get_device_name(self.device),
-            self.precision or "unknown precision (engine)",
-            {"tensorrt": self._trt.__version__, "torch": torch.__version__},
-        )
+        """The precision the manifest records; without one, fp16's error limits apply (an engine
+        may hold any precision) and the detail says so."""
+        import torch
+
+        if self.manifest is not None:
+            precision, detail = self.manifest.typed_precision, ""
+        else:
+            precision, detail = Precision.FP16, "precision unknown (no manifest)"
+        versions = {"tensorrt": self._trt.__version__, "torch": torch.__version__}
+        return RuntimeInfo(self.name, torch.cuda.get_device_name(self.device), precision, detail, versions)
+
+
+def _build(entry: RuntimeEntry, artifacts: Artifacts) -> Runtime:
+    assert artifacts.engine_path is not None
+    return TensorRTRuntime(
+        artifacts.engine_path, cuda_graph=entry.name == "trt-graph", trust_code=artifacts.trust_code, spec=artifacts.spec
+    )
+
+
+for _name in ("trt", "trt-graph"):
+    register(
+        RuntimeEntry(_name, "engine", "cuda", Precision.FP32, "gpu", unavailable_reason, _build, in_default_bench=_name == "trt")
+    )

@@ -1,24 +1,30 @@
-"""PyTorch (eager, optionally ``torch.compile``) behind the :class:`Runtime` interface."""
+"""PyTorch (eager, folded, ``torch.compile``; CPU or CUDA) behind the :class:`Runtime` interface."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from wconv_deploy.errors import InputError
-from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, outputs_of
+from wconv_deploy.forward import outputs_of
+from wconv_deploy.precision import Precision
+from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name
+from wconv_deploy.runtimes.registry import Artifacts, RuntimeEntry, register
+from wconv_deploy.spec import InputSpec
+
+if TYPE_CHECKING:
+    from torch import nn
+
+TORCH_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16", Precision.BF16: "bfloat16"}
 
 
 class TorchRuntime(Runtime):
     """Calls ``model(*inputs)`` in eval mode under ``torch.inference_mode`` on ``device``.
 
     ``compile=True`` wraps the model in ``torch.compile`` (compiled on the first call, which the
-    benchmark's warm-up absorbs). ``dtype`` runs in that precision (inputs cast, outputs cast back
-    to float32 for comparison)."""
+    benchmark's warm-up absorbs). ``precision`` runs in that precision (inputs cast, outputs cast
+    back to float32 for comparison)."""
 
     def __init__(
         self,
@@ -27,19 +33,25 @@ class TorchRuntime(Runtime):
         device: str = "cpu",
         *,
         compile: bool = False,
-        dtype: torch.dtype = torch.float32,
+        precision: Precision = Precision.FP32,
         label: str | None = None,
+        spec: InputSpec | None = None,
     ) -> None:
+        import torch
+
         try:
             model = model.eval()
         except NotImplementedError:  # a torch.export program's module keeps the mode it was exported in
             pass
         self.device = torch.device(device)
         self.on_gpu = self.device.type == "cuda"
-        self.dtype = dtype
-        model = model.to(self.device, dtype) if dtype != torch.float32 else model.to(self.device)
+        self.precision = precision
+        self.dtype = getattr(torch, TORCH_DTYPES[precision])
+        model = model.to(self.device, self.dtype) if precision != Precision.FP32 else model.to(self.device)
         self.model: Callable[..., Any] = torch.compile(model) if compile else model
         self._input_names = list(input_names)
+        self._outputs: list[str] | None = None
+        self.spec = spec
         self.compiled = compile
         self.name = label or ("torch-compile" if compile else "torch")
 
@@ -47,20 +59,34 @@ class TorchRuntime(Runtime):
     def input_names(self) -> list[str]:
         return self._input_names
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    @property
+    def output_names(self) -> list[str]:
+        """``output_0``, ... (a PyTorch module does not name its outputs); known after the first run."""
+        return list(self._outputs or [])
+
+    def _args(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
+        import torch
+
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._input_names]
-        if self.dtype != torch.float32:
-            args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+        return [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        args = self._args(feeds)
         with torch.inference_mode():
             result = self.model(*args)
-        return [t.detach().float().cpu().numpy() for t in outputs_of(result)]
+        outs = [t.detach().float().cpu().numpy() for t in outputs_of(result)]
+        self._outputs = [f"output_{i}" for i in range(len(outs))]
+        return outs
 
-    def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float]:
+    def device_time_ms(self, feeds: Mapping[str, np.ndarray], iterations: int) -> list[float] | None:
         """Forward time alone on a CUDA device (CUDA events), inputs already there, per call."""
+        import torch
+
         if self.device.type != "cuda":
-            raise InputError("device time is measured on CUDA devices only")
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._input_names]
-        args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+            return None
+        args = self._args(feeds)
         times = []
         with torch.inference_mode():
             for _ in range(iterations):
@@ -73,13 +99,66 @@ class TorchRuntime(Runtime):
         return times
 
     def synchronize(self) -> None:
+        import torch
+
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def describe(self) -> RuntimeInfo:
-        from wconv_deploy.runtimes.base import cpu_name
+        import torch
 
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_name()
-        precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, str(self.dtype))
         mode = "compiled" if self.compiled else "eager, folded" if self.name == "torch-folded" else "eager"
-        return RuntimeInfo(self.name, device, f"{precision} {mode}", {"torch": torch.__version__})
+        return RuntimeInfo(self.name, device, self.precision, mode, {"torch": torch.__version__})
+
+
+def _cuda_missing() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device visible to torch"
+
+
+def _build(entry: RuntimeEntry, artifacts: Artifacts) -> Runtime:
+    import torch
+
+    model = artifacts.model
+    if artifacts.threads:
+        torch.set_num_threads(artifacts.threads)
+    if entry.name == "torch-folded":  # the deployable form: weighted layers and BatchNorm folded
+        from wconv_deploy.fold import fold
+
+        model = fold(model, fold_bn=True).model
+    return TorchRuntime(
+        model,
+        artifacts.names,
+        entry.device,
+        compile=entry.name.endswith("compile"),
+        precision=entry.precision,
+        label=entry.name,
+        spec=artifacts.spec,
+    )
+
+
+for _name, _device, _precision in (
+    ("torch", "cpu", Precision.FP32),
+    ("torch-folded", "cpu", Precision.FP32),
+    ("torch-compile", "cpu", Precision.FP32),
+    ("torch-cuda", "cuda", Precision.FP32),
+    ("torch-cuda-fp16", "cuda", Precision.FP16),
+    ("torch-cuda-compile", "cuda", Precision.FP32),
+):
+    register(
+        RuntimeEntry(
+            _name,
+            "torch",
+            _device,  # type: ignore[arg-type]
+            _precision,
+            "cpu",
+            _cuda_missing if _device == "cuda" else lambda: None,
+            _build,
+            serves=False,
+            in_default_bench="compile" not in _name,
+        )
+    )
+
+__all__ = ["TorchRuntime", "outputs_of"]
