@@ -1,14 +1,14 @@
 """Building blocks shared by the zoo's networks: the conv factory that makes k x k (k > 1, odd)
-convolutions weighted, and the default density per kernel size."""
+convolutions weighted, and the default density per kernel size. Importing this module does not
+import torch (listing the zoo must stay cheap); the factory does when it makes a layer."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Default density per kernel size, inside the reference's suggested ranges (3x3: [0.5, 1.5];
 #: 5x5: [0.05, 1], [0.5, 1.5]; 7x7: [0.05, 0.5], [0.15, 1.0], [0.25, 1.5]; outermost first).
@@ -46,6 +46,10 @@ class ConvFactory:
         self.den = density_table(den)
 
     def __call__(self, cin: int, cout: int, k: int, **kw: Any) -> nn.Module:
+        from torch import nn
+
+        from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
+
         kw.setdefault("padding", k // 2)
         kw.setdefault("bias", True)
         if not self.weighted or k == 1 or k % 2 == 0:

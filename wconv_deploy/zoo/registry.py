@@ -4,6 +4,10 @@
 read as int, float, bool (``true``/``false``) or a comma list of floats (``den=0.5,1.0``), and
 passed to the builder as keyword arguments, so ``zoo:dncnn?depth=10&width=32&den=0.7`` is
 ``create_model("dncnn", depth=10, width=32, den=0.7)``.
+
+A leaf: it imports nothing from the zoo and not torch. The model modules import it to register
+their builders, and :mod:`wconv_deploy.zoo` imports them, so every model is registered before
+anything asks the registry (as in timm).
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from torch import nn
-
 from wconv_deploy.errors import InputError
+from wconv_deploy.reports import Report
+from wconv_deploy.table import format_table
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
 
 
 @dataclass(frozen=True)
@@ -58,15 +65,48 @@ def register_model(name: str, *, description: str, input_shape: str, dynamic: st
 
 def list_models() -> list[ZooEntry]:
     """Every registered model, by name."""
-    _load_all()
     return [_REGISTRY[n] for n in sorted(_REGISTRY)]
 
 
 def get_entry(name: str) -> ZooEntry:
-    _load_all()
+    """The registered model ``name`` (InputError naming the known ones if there is none)."""
     if name not in _REGISTRY:
         raise InputError(f"zoo: no model named {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]
+
+
+@dataclass
+class ZooModelInfo:
+    """One model as ``zoo list`` shows it: options are the builder's defaults, as Python writes them."""
+
+    name: str
+    description: str
+    input_shape: str
+    dynamic: str | None
+    options: dict[str, str]
+
+
+@dataclass
+class ZooListing(Report):
+    """Every registered model with its default input and options (``wconv-deploy zoo list``)."""
+
+    models: list[ZooModelInfo]
+
+    def render(self) -> str:
+        rows = [[m.name, m.input_shape + (f" ({m.dynamic})" if m.dynamic else ""), m.description] for m in self.models]
+        lines = [format_table(["model", "input (dynamic)", "description"], rows), "", "options (zoo:NAME?option=value&...):"]
+        lines += [f"  {m.name}: " + ", ".join(f"{k}={v}" for k, v in m.options.items()) for m in self.models]
+        return "\n".join(lines)
+
+
+def zoo_listing() -> ZooListing:
+    """The zoo as a report; neither torch nor any network is imported to make it."""
+    return ZooListing(
+        [
+            ZooModelInfo(e.name, e.description, e.input_shape, e.dynamic, {k: repr(v) for k, v in e.options().items()})
+            for e in list_models()
+        ]
+    )
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -144,8 +184,3 @@ def _typed(key: str, value: str) -> Any:
     if not value:
         raise InputError(f"zoo option {key!r} has no value")
     return value
-
-
-def _load_all() -> None:
-    """Import the model modules so their ``@register_model`` decorators run."""
-    from wconv_deploy.zoo import cifar, denoisers  # noqa: F401

@@ -8,9 +8,10 @@ A pre-1.0 ``torch.save`` tar passes :func:`check_tar`: regular members only, or 
 would extract a FIFO and block on it, or follow a link.
 
 Weights without code: :func:`torchscript_tensors` reads a TorchScript archive's ``data.pkl``
-with :class:`StrictUnpickler` (inert stand-ins for its ``__torch__`` classes, tensors rebuilt
-from the archive's ``data/N`` records) and :func:`pt2_tensors` reads a ``.pt2`` program's raw
-weight records as its weights config describes them.
+with :class:`~wconv_deploy.loading.unpickle.StrictUnpickler` (inert stand-ins for its
+``__torch__`` classes, tensors rebuilt from the archive's ``data/N`` records) and
+:func:`pt2_tensors` reads a ``.pt2`` program's raw weight records as its weights config
+describes them.
 
 :func:`check_pt2` decides whether ``torch.export.load`` may read a ``.pt2`` file that nobody
 vouched for. That loader unpickles (some of it with ``weights_only=False``), loads compiled
@@ -20,7 +21,6 @@ guard and graph code; so the program must hold nothing that any of those would r
 
 from __future__ import annotations
 
-import _compat_pickle
 import ast
 import functools
 import io
@@ -34,7 +34,7 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
@@ -43,11 +43,11 @@ import torch
 import torch.jit._pickle
 
 from wconv_deploy.errors import InputError, first_line
+from wconv_deploy.loading.unpickle import StrictUnpickler
 
 __all__ = [
     "MAX_EXPANSION",
     "Archive",
-    "StrictUnpickler",
     "check_pt2",
     "check_tar",
     "open_zip",
@@ -154,64 +154,6 @@ def check_tar(f: BinaryIO, path: Path, size: int) -> None:
 
 
 # --------------------------------------------------------------------------- a strict unpickler
-
-
-class StrictUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """A pure-Python unpickler that only does what it is allowed: globals only through
-    :meth:`resolve`, calls and constructions only of globals in ``allowed_ids``, BUILD only on
-    instances of allowed types; the INST/OBJ opcodes are refused. Subclasses set both per load."""
-
-    resolve: Callable[[str], Any]
-    allowed_ids: set[int]
-    stack: list[Any]  # pickle._Unpickler's own state, which typeshed does not describe
-    proto: int
-    fix_imports: bool
-    dispatch: ClassVar[dict[int, Callable[..., None]]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-
-    def find_class(self, module: str, name: str) -> Any:
-        full = f"{module}.{name}"
-        # Protocol 2 writes Python 2 names (__builtin__.set); resolve them as pickle would.
-        return self.resolve(python_name(full) if self.proto < 3 and self.fix_imports else full)
-
-    def _require_allowed(self, obj: Any, what: str) -> None:
-        if id(obj) not in self.allowed_ids:
-            raise pickle.UnpicklingError(f"{what} {type(obj).__name__} is not allowed")
-
-    def _load_reduce(self) -> None:
-        self._require_allowed(self.stack[-2], "calling")
-        pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]
-
-    def _load_newobj(self) -> None:
-        self._require_allowed(self.stack[-2], "constructing")
-        pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
-
-    def _load_newobj_ex(self) -> None:
-        self._require_allowed(self.stack[-3], "constructing")
-        pickle._Unpickler.load_newobj_ex(self)  # type: ignore[attr-defined]
-
-    def _load_build(self) -> None:
-        self._require_allowed(type(self.stack[-2]), "building")
-        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
-
-    def _refuse(self) -> None:
-        raise pickle.UnpicklingError("the INST/OBJ opcodes are not allowed")
-
-    dispatch[pickle.REDUCE[0]] = _load_reduce
-    dispatch[pickle.NEWOBJ[0]] = _load_newobj
-    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
-    dispatch[pickle.BUILD[0]] = _load_build
-    dispatch[pickle.INST[0]] = dispatch[pickle.OBJ[0]] = _refuse
-
-
-def python_name(full_name: str) -> str:
-    """The global an ordinary unpickler would import for a name a protocol-2 pickle wrote in its
-    Python 2 spelling (``commands.Popen`` is ``subprocess.Popen``)."""
-    module, _, name = full_name.rpartition(".")
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-    elif module in _compat_pickle.IMPORT_MAPPING:
-        module = _compat_pickle.IMPORT_MAPPING[module]
-    return f"{module}.{name}"
 
 
 # --------------------------------------------------------------------------- TorchScript weights
