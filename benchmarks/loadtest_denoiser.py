@@ -16,8 +16,8 @@ from pathlib import Path
 
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.ship.loadtest import loadtest
+from wconv_deploy.ship.package import package
 from wconv_deploy.ship.serve import start_server
-from wconv_deploy.ship.triton import package
 from wconv_deploy.spec import InputSpec
 
 

@@ -7,7 +7,7 @@ successful requests over the time from the window's start to the last of them fi
 
 Inputs are built from the server's model metadata and config: seeded random data of each
 input's datatype; the batch axis (when the model batches) gets ``batch``; any other variable
-axis (-1) needs its size from ``shapes`` (``--shape input:1x1x64x64``, the batch axis included),
+axis (-1) needs its size from ``shapes`` (``--input-shape input:1x1x64x64``, the batch axis included),
 since Triton's metadata does not say which size is sensible. The client's own cost is in the
 numbers: with many workers on few cores, Python threads compete with the server for the CPU.
 """
@@ -17,14 +17,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from wconv_deploy._optional import require
 from wconv_deploy.errors import InputError, first_line
-from wconv_deploy.ship.serve import require_extra
+from wconv_deploy.reports import Report
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.table import format_table
 
@@ -51,7 +52,7 @@ class LevelResult:
 
 
 @dataclass(frozen=True)
-class LoadtestReport:
+class LoadtestReport(Report):
     """A load test's setting and one :class:`LevelResult` per concurrency."""
 
     url: str
@@ -74,12 +75,9 @@ class LoadtestReport:
         errors = [f"concurrency {r.concurrency}: {r.errors} errors, first: {r.first_error}" for r in self.levels if r.errors]
         return "\n".join([head, "", format_table(headers, rows), *errors])
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
-    """``--shape`` (written like ``--input-shape``: ``input:1x1x64x64``) as full shapes by input name."""
+    """``--input-shape`` text (``input:1x1x64x64``) as full shapes by input name."""
     return {t.name: t.shape() for t in InputSpec.parse(text).inputs}
 
 
@@ -105,7 +103,7 @@ def loadtest(
         raise InputError(f"concurrency must be positive integers, not {list(concurrency)}")
     if duration_s <= 0 or warmup_s < 0 or batch < 1:
         raise InputError("duration_s must be positive, warmup_s not negative and batch at least 1")
-    client_mod = require_extra(f"tritonclient.{protocol}")
+    client_mod = require(f"tritonclient.{protocol}", "serve")
     client = client_mod.InferenceServerClient(address)
     try:
         try:
@@ -153,16 +151,15 @@ def _make_inputs(
     model_inputs: tuple[list[dict[str, Any]], int], batch: int, shapes: Mapping[str, Sequence[int]], seed: int
 ) -> dict[str, tuple[np.ndarray, str]]:
     """Seeded arrays (and Triton datatypes) for every input; InputError for an unknown size."""
-    from tritonclient.utils import triton_to_np_dtype
-
+    triton_to_np_dtype = require("tritonclient.utils", "serve").triton_to_np_dtype
     inputs, max_batch = model_inputs
     unknown = set(shapes) - {i["name"] for i in inputs}
     if unknown:
         raise InputError(
-            f"--shape names {', '.join(sorted(unknown))}, not inputs of the model ({', '.join(i['name'] for i in inputs)})"
+            f"--input-shape names {', '.join(sorted(unknown))}, not inputs of the model ({', '.join(i['name'] for i in inputs)})"
         )
     if batch > 1 and not max_batch:
-        raise InputError("the model does not batch (max_batch_size 0): leave batch at 1, and set full shapes with --shape")
+        raise InputError("the model does not batch (max_batch_size 0): leave batch at 1, and set full shapes with --input-shape")
     if batch > max_batch > 0:
         raise InputError(f"batch {batch} is larger than the model's max_batch_size {max_batch}")
     rng = np.random.default_rng(seed)
@@ -171,9 +168,9 @@ def _make_inputs(
         meta_shape = i["shape"]
         shape = list(shapes.get(i["name"], [batch if (max_batch and k == 0) else s for k, s in enumerate(meta_shape)]))
         if len(shape) != len(meta_shape) or any(m not in (-1, s) for m, s in zip(meta_shape, shape)):
-            raise InputError(f"--shape {i['name']}: {shape} does not fit the model's {meta_shape}")
+            raise InputError(f"--input-shape {i['name']}: {shape} does not fit the model's {meta_shape}")
         if any(s < 1 for s in shape):
-            raise InputError(f"input {i['name']} has variable axes {meta_shape}: give their sizes with --shape")
+            raise InputError(f"input {i['name']} has variable axes {meta_shape}: give their sizes with --input-shape")
         dtype = triton_to_np_dtype(i["datatype"])
         if dtype is None or np.dtype(dtype).kind not in "fiub":
             raise InputError(f"input {i['name']}: datatype {i['datatype']} is not supported by the load test")

@@ -9,9 +9,11 @@ both protocols, with Triton's dynamic batcher merging requests up to the model's
 What a served model is comes from the shared shape spec: an ONNX file's stored input spec, an
 engine's build manifest (``ENGINE.json``: its optimisation profile), or a model folder written
 by ``wconv-deploy package`` (``config.pbtxt`` for the name and ``max_batch_size``, the highest
-version folder for ``model.onnx``/``model.plan``). Every file read from a model folder is a
-regular file inside it (a symlink out of it is refused), and ONNX files are read only through
-:func:`~wconv_deploy.artifacts.read_onnx`.
+version folder for ``model.onnx``/``model.plan``). Whether it batches, and up to which size, is
+decided as ``package`` decides it (:func:`~wconv_deploy.ship.config.max_batch_size`: the one
+rule of :meth:`~wconv_deploy.spec.InputSpec.batches`, outputs included). Every file read from a
+model folder is a regular file inside it (a symlink out of it is refused), and ONNX files and
+engine manifests are read only through :mod:`wconv_deploy.artifacts`.
 
 Readiness is honest. The model is written into PyTriton's model store before Triton starts, and
 Triton (strict readiness) loads it while starting and opens its ports only then: HTTP
@@ -45,7 +47,6 @@ backend's regions and folder, and the private folder are removed. So nothing out
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import logging
 import os
@@ -56,29 +57,33 @@ import socket
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from wconv_deploy.artifacts import read_onnx
+from wconv_deploy._optional import require
+from wconv_deploy.artifacts import BuildManifest, OnnxInfo, manifest_path
 from wconv_deploy.errors import InputError, first_line
 from wconv_deploy.fileio import read_text, regular_file
 from wconv_deploy.interrupts import signals_as_interrupts
-from wconv_deploy.runtimes import RUNTIMES, Runtime, create_runtime
-from wconv_deploy.spec import AXIS_NAMES, Dim, InputSpec, TensorSpec
-from wconv_deploy.validate import spec_from_model
+from wconv_deploy.runtimes import registry
+from wconv_deploy.ship.config import MAX_TEXT_BYTES, MODEL_NAME, artifact_kind, max_batch_size, parse_config
+from wconv_deploy.spec import InputSpec, Tensor
 
-SERVE_HINT = "pip install 'wconv-deploy[serve]'"
+if TYPE_CHECKING:
+    from wconv_deploy.runtimes.base import Runtime
+
 HOST = "127.0.0.1"
 #: Where Triton's Python backend and PyTriton's tensor store keep their shared memory.
 SHM = "/dev/shm"
 #: Below this much free space in /dev/shm, larger requests may fail: warn.
 SHM_WARN_BYTES = 256 << 20
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+#: The runtime each artifact kind is served with unless one is named.
+DEFAULT_RUNTIME = {"onnx": "ort-cpu", "engine": "trt"}
 
 Progress = Callable[[str], None]
 
@@ -87,24 +92,20 @@ Progress = Callable[[str], None]
 logging.getLogger("pytriton").addHandler(logging.NullHandler())
 
 
-def require_extra(module: str) -> Any:
-    """Import ``module`` of the ``serve`` extra (pytriton, tritonclient), or a one-line InputError
-    naming the extra to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise InputError(f"{module} is not available ({first_line(e)}): {SERVE_HINT}") from None
-
-
 # --------------------------------------------------------------------------- what to serve
+
+
+def serving_runtimes() -> list[str]:
+    """The runtimes ``serve`` may run an artifact with (the registry's entries with ``serves``)."""
+    return [e.name for e in registry.entries() if e.serves]
 
 
 @dataclass(frozen=True)
 class ServedModel:
     """A resolved serve target: the artifact, the runtime that runs it and its inputs.
-    ``max_batch`` is Triton's ``max_batch_size`` (0: the first axis is not a dynamic batch);
-    ``outputs`` the ONNX graph's outputs (name, shape with -1 where it varies, None when the graph
-    gives none), empty for an engine."""
+    ``max_batch`` is Triton's ``max_batch_size`` (0: the model does not batch, by the one rule of
+    :meth:`~wconv_deploy.spec.InputSpec.batches`); ``outputs`` the graph's outputs (an engine's
+    from its build manifest; empty for a manifest that predates recorded outputs)."""
 
     name: str
     artifact: Path
@@ -112,7 +113,7 @@ class ServedModel:
     spec: InputSpec
     max_batch: int
     version: int = 1
-    outputs: tuple[tuple[str, tuple[int, ...] | None], ...] = ()
+    outputs: tuple[Tensor, ...] = ()
 
 
 def resolve_target(
@@ -126,6 +127,8 @@ def resolve_target(
     defaults to ``config.pbtxt``'s, else the spec's batch maximum, and cannot exceed the latter.
     Every file read in a model folder (config, model, engine manifest) is a regular file inside it.
     InputError (one line) for anything that cannot be served."""
+    if runtime is not None and runtime not in serving_runtimes():
+        raise InputError(f"runtime {runtime!r} cannot serve a file (use one of: {', '.join(serving_runtimes())})")
     path = Path(target)
     version, config_batch, folder = 1, None, path.parent
     if path.is_dir():
@@ -137,27 +140,20 @@ def resolve_target(
         folder = model_dir
     else:
         regular_file(path)
-    kind = _artifact_kind(path)
-    runtime = runtime or ("trt" if kind == "engine" else "ort-cpu")
-    if RUNTIMES.get(runtime) not in ("onnx", "engine"):
-        served = ", ".join(r for r, k in RUNTIMES.items() if k in ("onnx", "engine"))
-        raise InputError(f"runtime {runtime!r} cannot serve a file (use one of: {served})")
-    if RUNTIMES[runtime] != kind:
-        needs = "a TensorRT engine (wconv-deploy build makes one)" if RUNTIMES[runtime] == "engine" else "an ONNX file"
-        raise InputError(f"runtime {runtime} needs {needs}, not {path.name}")
-    spec, outputs = (_engine_spec(path, folder), ()) if kind == "engine" else _onnx_spec(path)
+    kind = artifact_kind(path)
+    if kind is None:
+        raise InputError(f"{path} is not an ONNX file (.onnx), a TensorRT engine (.plan, .engine) or a model folder")
+    entry = registry.get(runtime or DEFAULT_RUNTIME[kind])
+    if entry.kind != kind:
+        raise InputError(f"runtime {entry.name} needs {registry.KIND_NAMES[entry.kind]}, not {path.name}")
+    spec, outputs, limit_from = _engine_io(path, folder) if kind == "engine" else _onnx_io(path)
     name = name or path.stem
-    if not _MODEL_NAME.match(name):
+    if not MODEL_NAME.match(name):
         raise InputError(f"{name!r} is not a valid model name (letters, digits, '_', '.', '-')")
-    return ServedModel(name, path, runtime, spec, _max_batch(spec, max_batch, config_batch), version, outputs)
-
-
-def _artifact_kind(path: Path) -> str:
-    if path.suffix.lower() == ".onnx":
-        return "onnx"
-    if path.suffix.lower() in (".plan", ".engine"):
-        return "engine"
-    raise InputError(f"{path} is not an ONNX file (.onnx), a TensorRT engine (.plan, .engine) or a model folder")
+    batch = max_batch_size(spec, outputs, max_batch, limit_from)
+    if max_batch is None and config_batch and batch:
+        batch = min(config_batch, batch)
+    return ServedModel(name, path, entry.name, spec, batch, version, outputs)
 
 
 def _model_dir(path: Path, name: str | None) -> Path:
@@ -176,23 +172,19 @@ def _model_dir(path: Path, name: str | None) -> Path:
 
 
 def _read_config(path: Path, model_dir: Path) -> Any:
-    """``config.pbtxt`` (a regular file inside ``model_dir``) as Triton's ModelConfig message
-    (InputError if it is not one)."""
-    from wconv_deploy.ship.triton import MAX_TEXT_BYTES, import_model_config
-
-    model_config_pb2, text_format = import_model_config()
+    """``config.pbtxt`` (a regular file inside ``model_dir``) as Triton's ModelConfig message."""
     text = read_text(path, within=model_dir, limit=MAX_TEXT_BYTES)
     try:
-        return text_format.Parse(text, model_config_pb2.ModelConfig())
-    except text_format.ParseError as e:
-        raise InputError(f"{path} is not a readable Triton model config ({first_line(e)})") from None
+        return parse_config(text)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
 
 
 def _artifact_in(model_dir: Path, runtime: str | None, engine_file: str = "model.plan") -> tuple[int, Path]:
     """The highest version folder's model file: the one ``runtime`` runs, else model.onnx, else
     the engine (``engine_file``: the one config.pbtxt names for this GPU)."""
     by_kind = {"onnx": ["model.onnx"], "engine": [engine_file]}
-    names = by_kind.get(RUNTIMES.get(runtime or "", ""), ["model.onnx", engine_file])
+    names = by_kind[registry.get(runtime).kind] if runtime else ["model.onnx", engine_file]
     versions = sorted((int(d.name) for d in model_dir.iterdir() if d.is_dir() and d.name.isdigit()), reverse=True)
     for v in versions:
         for file in names:
@@ -216,58 +208,23 @@ def _engine_file_for_this_gpu(config: Any) -> str:
     return str(config.cc_model_filenames.get(f"{major}.{minor}", default))
 
 
-def _engine_spec(path: Path, folder: Path) -> InputSpec:
-    """An engine's inputs from its build manifest's optimisation profile (float32 inputs); the
-    manifest is a regular file inside ``folder``."""
-    from wconv_deploy.exporters.tensorrt import BuildManifest, manifest_path
-
+def _engine_io(path: Path, folder: Path) -> tuple[InputSpec, tuple[Tensor, ...], str]:
+    """An engine's input spec and outputs from its build manifest (a regular file inside ``folder``)."""
     if not os.path.lexists(manifest_path(path)):
         raise InputError(f"{path} has no manifest {manifest_path(path).name}: serve engines made by wconv-deploy build")
-    manifest = BuildManifest.read(regular_file(manifest_path(path), within=folder))
-    if not manifest.profiles:
-        raise InputError(f"{manifest_path(path)} records no optimisation profile")
-    inputs = []
-    for input_name, shapes in manifest.profiles[0].items():
-        lo, opt, hi = shapes["min"], shapes["opt"], shapes["max"]
-        if len(opt) not in AXIS_NAMES:
-            raise InputError(f"{path}: input {input_name} has rank {len(opt)}; ranks 1 to 5 are supported")
-        dims = tuple(Dim(n, o, lo_, hi_) for n, lo_, o, hi_ in zip(AXIS_NAMES[len(opt)], lo, opt, hi))
-        inputs.append(TensorSpec(input_name, dims))
-    return InputSpec(tuple(inputs))
+    built = BuildManifest.read(manifest_path(path), within=folder)
+    outputs = built.tensors(path.name)[1] if built.io is not None else ()
+    return built.spec(path.name), outputs, "the profile"
 
 
-def _onnx_spec(path: Path) -> tuple[InputSpec, tuple[tuple[str, tuple[int, ...] | None], ...]]:
-    """An exported ONNX file's input spec (from its metadata) and its graph's outputs, read once
-    through the safe reader (external data inside its folder; bad types and shapes refused)."""
-    from wconv_deploy.exporters.tensorrt import onnx_io
-
-    model = read_onnx(path)
-    spec = spec_from_model(model, path.name)
-    if spec is None:
-        raise InputError(f"{path} has no wconv-deploy input spec in its metadata: export it with wconv-deploy export")
-    graph = onnx_io(model)
-    return spec, tuple((t["name"], None if t["shape"] is None else tuple(t["shape"])) for t in graph["outputs"])
-
-
-def _max_batch(spec: InputSpec, wanted: int | None, config_batch: int | None) -> int:
-    first = [t.dims[0] for t in spec.inputs]
-    if not all(d.name == "batch" and d.dynamic for d in first):
-        if wanted:
-            raise InputError(f"the model's first axis is not a dynamic batch ({spec}): it cannot batch")
-        return 0
-    limit = min(d.max for d in first)
-    if wanted is not None and not 1 <= wanted <= limit:
-        raise InputError(f"max batch {wanted} is outside the model's batch range 1..{limit}")
-    return wanted or min(config_batch or limit, limit)
+def _onnx_io(path: Path) -> tuple[InputSpec, tuple[Tensor, ...], str]:
+    """An exported ONNX file's input spec and outputs, read once through the artifact layer
+    (external data inside its folder; bad types and shapes refused)."""
+    info = OnnxInfo.read(path)
+    return info.spec, info.outputs, "the input spec"
 
 
 # --------------------------------------------------------------------------- the server
-
-
-class _Tensor(NamedTuple):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]  # without the batch axis when the model batches; -1: variable
 
 
 class Server:
@@ -339,7 +296,7 @@ class Server:
     def _wait_until_ready(self, timeout_s: float = 120.0) -> None:
         """Return once Triton reports ready (it opens its ports only after loading the model), or
         raise InputError at once with the log's error if Triton exits first."""
-        http = require_extra("tritonclient.http")
+        http = require("tritonclient.http", "serve")
         client = http.InferenceServerClient(self.http_url.removeprefix("http://"), connection_timeout=2, network_timeout=2)
         begin, started = time.monotonic(), False
         deadline = begin + timeout_s
@@ -363,9 +320,8 @@ class Server:
     def _first_answer(self) -> None:
         """One inference through Triton (HTTP, the spec's optimum shapes, the batch clipped to
         max_batch_size): the model answers before ``serve`` says it is ready."""
-        http = require_extra("tritonclient.http")
-        from tritonclient.utils import np_to_triton_dtype
-
+        http = require("tritonclient.http", "serve")
+        np_to_triton_dtype = require("tritonclient.utils", "serve").np_to_triton_dtype
         client = http.InferenceServerClient(self.http_url.removeprefix("http://"))
         try:
             requests = []
@@ -418,13 +374,14 @@ def start_server(
     removed on exit, also on an exception or a signal. ``trust_code`` lets a version-compatible
     TensorRT engine run the code embedded in it."""
     say = progress or (lambda _msg: None)
-    triton_mod = require_extra("pytriton.triton")
-    config_mod = require_extra("pytriton.model_config")
+    triton_mod = require("pytriton.triton", "serve")
+    config_mod = require("pytriton.model_config", "serve")
     model = resolve_target(target, name=name, runtime=runtime, max_batch=max_batch)
     libdir = _libpython_dir()
     say(f"loading {model.artifact} with {model.runtime}")
-    rt = create_runtime(
-        model.runtime, onnx_path=model.artifact, engine_path=model.artifact, input_names=model.spec.names, trust_code=trust_code
+    rt = registry.create(
+        model.runtime,
+        registry.Artifacts(onnx_path=model.artifact, engine_path=model.artifact, spec=model.spec, trust_code=trust_code),
     )
     inputs, outputs = _signature(model, rt)
     http_port, grpc_port = _free_ports(http_port, grpc_port)
@@ -453,8 +410,8 @@ def start_server(
             model_name=model.name,
             model_version=model.version,
             infer_func=_infer_function(rt, model, [o.name for o in outputs]),
-            inputs=[config_mod.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.shape) for t in inputs],
-            outputs=[config_mod.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=t.shape) for t in outputs],
+            inputs=[_pytriton_tensor(config_mod, t, model) for t in inputs],
+            outputs=[_pytriton_tensor(config_mod, t, model) for t in outputs],
             config=config_mod.ModelConfig(batching=bool(model.max_batch), max_batch_size=model.max_batch),  # dynamic batcher
         )
         say(f"starting Triton Inference Server on {HOST} (http {http_port}, grpc {grpc_port})")
@@ -514,42 +471,40 @@ def serve(
 # --------------------------------------------------------------------------- helpers
 
 
-def _signature(model: ServedModel, rt: Runtime) -> tuple[list[_Tensor], list[_Tensor]]:
-    """Triton's view of the inputs and outputs. A warm-up run at the optimum shapes checks the
-    runtime and gives the outputs' dtypes; their shapes come from the ONNX graph when there is
-    one (-1 for every axis of an engine's outputs)."""
-    skip = 1 if model.max_batch else 0
-    inputs = [_Tensor(t.name, t.dtype, tuple(-1 if d.dynamic else d.opt for d in t.dims[skip:])) for t in model.spec.inputs]
+def _signature(model: ServedModel, rt: Runtime) -> tuple[tuple[Tensor, ...], list[Tensor]]:
+    """The inputs and outputs Triton serves. A warm-up run at the optimum shapes checks the
+    runtime and gives the outputs' dtypes; their shapes come from the graph when it is known
+    (-1 for every axis otherwise: an engine whose manifest predates recorded outputs)."""
     feeds = {t.name: x.numpy() for t, x in zip(model.spec.inputs, model.spec.example_inputs())}
     try:
         results = rt.run(feeds)
     except Exception as e:  # each runtime raises its own types
         raise InputError(f"{model.runtime} cannot run {model.artifact.name}: {first_line(e)}") from None
-    if model.outputs:
-        names = [n for n, _ in model.outputs]
-    else:
-        names = list(getattr(rt, "output_names", [f"output_{i}" for i in range(len(results))]))
+    names = [o.name for o in model.outputs] or rt.output_names
     if len(names) != len(results):
         raise InputError(f"{model.artifact.name} declares {len(names)} outputs but {model.runtime} returned {len(results)}")
-    graph_shapes = [s for _, s in model.outputs] or [None] * len(results)
-    shapes = [s[skip:] if s is not None else (-1,) * (r.ndim - skip) for s, r in zip(graph_shapes, results)]
-    return inputs, [_Tensor(n, r.dtype.name, s) for n, r, s in zip(names, results, shapes)]
+    shapes = [o.shape for o in model.outputs] or [None] * len(results)
+    outputs = [Tensor(n, r.dtype.name, s if s is not None else (-1,) * r.ndim) for n, r, s in zip(names, results, shapes)]
+    return model.spec.tensors, outputs
+
+
+def _pytriton_tensor(config_mod: Any, t: Tensor, model: ServedModel) -> Any:
+    """PyTriton's description of ``t``: Triton's dims (without axis 0 when the model batches)."""
+    return config_mod.Tensor(name=t.name, dtype=np.dtype(t.dtype), shape=tuple(t.triton_dims(model.max_batch > 0)))
 
 
 def _infer_function(rt: Runtime, model: ServedModel, output_names: list[str]) -> Callable[[list[Any]], list[dict[str, Any]]]:
     """PyTriton's callable: requests (dicts of arrays) in, one dict of outputs per request out.
-    With batching, the requests the dynamic batcher groups (same shapes) run as one batch."""
-    spec, names = model.spec, model.spec.names
-
-    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        spec.check_arrays(dict(feeds))  # outside the spec's ranges: the client gets this message, not a runtime's
-        return rt.run(feeds)
+    With batching, the requests the dynamic batcher groups (same shapes) run as one batch. The
+    runtime checks the feeds against the spec, so a client sending outside its ranges gets that
+    one-line message, not a backend's."""
+    names = model.spec.names
 
     def infer(requests: list[Any]) -> list[dict[str, Any]]:
         if not model.max_batch:
-            return [dict(zip(output_names, run({n: r[n] for n in names}))) for r in requests]
+            return [dict(zip(output_names, rt.run({n: r[n] for n in names}))) for r in requests]
         sizes = np.cumsum([len(r[names[0]]) for r in requests])[:-1]
-        results = run({n: np.concatenate([r[n] for r in requests]) for n in names})
+        results = rt.run({n: np.concatenate([r[n] for r in requests]) for n in names})
         parts = [np.split(x, sizes) for x in results]
         return [{n: p[i] for n, p in zip(output_names, parts)} for i in range(len(requests))]
 
