@@ -1,5 +1,4 @@
-"""Exporters: turn a folded model into deployable artifacts (ONNX first; precision and TensorRT build on it)."""
-
-from wconv_deploy.exporters.onnx import ExportReport, GraphCheck, check_graph, export_onnx, fold_constants
-
-__all__ = ["ExportReport", "GraphCheck", "check_graph", "export_onnx", "fold_constants"]
+"""Exporters: turn a folded model into deployable artifacts: ``onnx`` (export), ``precision``
+(fp16/int8 variants), ``trt_plan`` (TensorRT planning, no TensorRT import) and ``tensorrt``
+(the builder). Import the module you need; this package imports none of them.
+"""
