@@ -17,33 +17,35 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from torch import nn
 
+from wconv_deploy._optional import require
 from wconv_deploy.errors import InputError
-from wconv_deploy.runtimes import RUNTIMES, Runtime, cpu_name, create_runtime, unavailable_reason
-from wconv_deploy.spec import Dim, InputSpec
+from wconv_deploy.precision import Precision
+from wconv_deploy.reports import Report
+from wconv_deploy.runtimes import Runtime, RuntimeInfo, cpu_name, create_runtime, entries, get, unavailable_reason
+from wconv_deploy.runtimes.registry import KIND_NAMES
+from wconv_deploy.spec import InputSpec
 from wconv_deploy.table import format_table
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Coefficient of variation above which a measurement is flagged as unstable.
 CV_WARN = 0.10
-#: Largest error (relative to the output's scale) a row may show against the reference before it
-#: is marked wrong and left out of the ranking, by the precision it runs at.
-ERROR_LIMITS = {"fp32": 1e-4, "f32": 1e-4, "16": 5e-2, "int8": 1e-1}
+#: The order runtimes are listed in: the reference kind first.
+_KIND_ORDER = {"torch": 0, "onnx": 1, "engine": 2}
 
 
-def error_limit(precision: str) -> float:
-    """The error limit for a precision label such as ``fp32 eager``, ``f16`` or ``bf16``."""
-    p = precision.lower()
-    if "unknown" in p:  # an engine of unstated precision: judge it by the loosest float limit
-        return ERROR_LIMITS["16"]
-    if "int8" in p:
-        return ERROR_LIMITS["int8"]
-    return ERROR_LIMITS["16"] if "16" in p else ERROR_LIMITS["fp32"]
+def default_runtimes() -> list[str]:
+    """What ``bench`` times when no ``--runtimes`` are given: every registered runtime that does
+    not take minutes to compile; those that cannot run here are reported with the reason."""
+    listed = sorted(entries(), key=lambda e: _KIND_ORDER[e.kind])
+    return [e.name for e in listed if e.in_default_bench]
 
 
 Progress = Callable[[str], None]
@@ -113,10 +115,13 @@ def time_calls(
 class BenchRow:
     """One runtime at one batch size: its latency, its error against the reference, or why it did not run."""
 
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("unstable", "wrong")
+
     runtime: str
     device: str
-    precision: str
+    precision: Precision | None  # None: it did not run
     batch: int
+    detail: str = ""  # e.g. "eager", "int8 model, fp32 compute"
     stats: LatencyStats | None = None
     device_stats: LatencyStats | None = None  # GPU compute alone (CUDA events), inputs on the device
     max_abs_error: float | None = None
@@ -131,21 +136,26 @@ class BenchRow:
     @property
     def wrong(self) -> bool:
         """Its outputs disagree with the reference beyond what its precision explains."""
-        return self.max_rel_error is not None and not self.max_rel_error <= error_limit(self.precision)
+        if self.max_rel_error is None or self.precision is None:
+            return False
+        return not self.max_rel_error <= self.precision.error_limit
+
+    @property
+    def label(self) -> str:
+        """Precision and detail, as the table shows them: ``fp32 (eager)``."""
+        if self.precision is None:
+            return "-"
+        return f"{self.precision.value} ({self.detail})" if self.detail else self.precision.value
 
 
 @dataclass
-class BenchReport:
+class BenchReport(Report):
     """Every row, the environment it was measured in and the settings used."""
 
     rows: list[BenchRow]
     environment: dict[str, Any]
     settings: dict[str, Any]
     reference: str
-
-    def to_dict(self) -> dict[str, Any]:
-        rows = [{**asdict(r), "unstable": r.unstable, "wrong": r.wrong} for r in self.rows]
-        return {"environment": self.environment, "settings": self.settings, "reference": self.reference, "rows": rows}
 
     def render(self) -> str:
         env = self.environment
@@ -180,7 +190,7 @@ class BenchReport:
             ranked = sorted((r for r in rows if not r.wrong), key=lambda r: (r.batch, r.stats.median_ms if r.stats else math.inf))
             for batch in dict.fromkeys(r.batch for r in ranked):
                 best = next(r for r in ranked if r.batch == batch)
-                lines.append(f"fastest correct runtime at batch {batch} on this device: {best.runtime} ({best.precision})")
+                lines.append(f"fastest correct runtime at batch {batch} on this device: {best.runtime} ({best.label})")
         if gpu_rows:
             lines += ["", "GPU compute alone (CUDA events, inputs already on the device), median ms:"]
             lines += [f"  {r.runtime} batch {r.batch}: {r.device_stats.median_ms:.3f}" for r in gpu_rows if r.device_stats]
@@ -200,13 +210,9 @@ class BenchReport:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """A PNG: median latency against batch size, one line per runtime, one panel per device."""
-        try:
-            import matplotlib
+        require("matplotlib", "plot").use("Agg")
+        import matplotlib.pyplot as plt
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise InputError("--plot needs matplotlib: pip install 'wconv-deploy[plot]'") from None
         from wconv_deploy.fileio import atomic_output
 
         devices = list(dict.fromkeys(r.device for r in self.rows if r.stats is not None))
@@ -216,14 +222,14 @@ class BenchReport:
         for ax, device in zip(axes[0], devices):
             rows = [r for r in self.rows if r.device == device and r.stats is not None]
             batches = sorted({r.batch for r in rows})
-            names = list(dict.fromkeys(f"{r.runtime} ({r.precision})" for r in rows))
+            names = list(dict.fromkeys(f"{r.runtime} ({r.label})" for r in rows))
             if len(batches) == 1:
-                values = [next(r.stats.median_ms for r in rows if f"{r.runtime} ({r.precision})" == n and r.stats) for n in names]
+                values = [next(r.stats.median_ms for r in rows if f"{r.runtime} ({r.label})" == n and r.stats) for n in names]
                 ax.barh(names, values)
                 ax.set_xlabel(f"median latency, batch {batches[0]} (ms)")
             else:
                 for n in names:
-                    pts = sorted((r.batch, r.stats.median_ms) for r in rows if f"{r.runtime} ({r.precision})" == n and r.stats)
+                    pts = sorted((r.batch, r.stats.median_ms) for r in rows if f"{r.runtime} ({r.label})" == n and r.stats)
                     ax.plot([b for b, _ in pts], [m for _, m in pts], marker="o", label=n)
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
@@ -243,7 +249,7 @@ def _row_cells(r: BenchRow) -> list[str]:
     err = "-" if r.max_rel_error is None else f"{r.max_rel_error:.1e}" + (" WRONG" if r.wrong else "")
     cv = f"{s.cv:.1%}" + ("!" if r.unstable else "")
     return [
-        r.runtime, r.precision, str(r.batch), f"{s.median_ms:.2f}", f"{s.mean_ms:.2f}", f"{s.p90_ms:.2f}",
+        r.runtime, r.label, str(r.batch), f"{s.median_ms:.2f}", f"{s.mean_ms:.2f}", f"{s.p90_ms:.2f}",
         f"{s.p99_ms:.2f}", f"{s.min_ms:.2f}", f"{s.max_ms:.2f}", cv, f"{s.throughput:.1f}", err,
     ]  # fmt: skip
 
@@ -266,14 +272,6 @@ def environment(threads: int) -> dict[str, Any]:
         "gpu": gpu,
         "versions": versions,
     }
-
-
-def _spec_for_batch(spec: InputSpec, batch: int) -> InputSpec:
-    inputs = tuple(
-        replace(t, dims=(Dim(t.dims[0].name, batch, batch, batch), *t.dims[1:])) if t.dims[0].name == "batch" else t
-        for t in spec.inputs
-    )
-    return InputSpec(inputs)
 
 
 def _errors(actual: list[np.ndarray], expected: list[np.ndarray]) -> tuple[float, float]:
@@ -313,28 +311,23 @@ def run_bench(
     (for runtimes the user asked for by name). ``trust_code``: see :func:`create_runtime`.
     """
     say = progress or (lambda _msg: None)
-    unknown = [r for r in runtimes if r not in RUNTIMES]
-    if unknown:
-        raise InputError(f"unknown runtime(s) {', '.join(unknown)} (known: {', '.join(RUNTIMES)})")
+    kinds = {name: get(name).kind for name in runtimes}  # InputError for an unknown name
     if any(b < 1 for b in batches):
         raise InputError("--batch sizes must be positive")
+    artifacts = {"torch": model, "onnx": onnx_path, "engine": engine_path}
     with tempfile.TemporaryDirectory(prefix="wconv-bench-") as tmp:
-        if onnx_path is None and model is not None and any(RUNTIMES[r] == "onnx" for r in runtimes):
-            onnx_path = _export_for_bench(model, spec, max(batches), Path(tmp) / "model.onnx", say)
+        if onnx_path is None and model is not None and "onnx" in kinds.values():
+            onnx_path = artifacts["onnx"] = _export_for_bench(model, spec, max(batches), Path(tmp) / "model.onnx", say)
         reference_rt, reference_name = _reference(model, onnx_path, spec)
         rows: list[BenchRow] = []
-        for name in runtimes:
+        for name, kind in kinds.items():
             reason = unavailable_reason(name)
-            if reason is None and RUNTIMES[name] == "torch" and model is None:
-                reason = "needs a PyTorch model (a model file or zoo:NAME) among the artifacts"
-            if reason is None and RUNTIMES[name] == "onnx" and onnx_path is None:
-                reason = "needs an ONNX file among the artifacts"
-            if reason is None and RUNTIMES[name] == "engine" and engine_path is None:
-                reason = "needs a TensorRT engine (.plan or .engine) among the artifacts"
+            if reason is None and artifacts[kind] is None:
+                reason = f"needs {KIND_NAMES[kind]} among the artifacts"
             if reason is not None:
                 if strict:
                     raise InputError(f"{name}: {reason}")
-                rows += [BenchRow(name, "-", "-", b, unavailable=reason) for b in batches]
+                rows += [BenchRow(name, "-", None, b, unavailable=reason) for b in batches]
                 continue
             say(f"building {name}")
             rt = create_runtime(
@@ -353,7 +346,7 @@ def run_bench(
                         rt,
                         info,
                         reference_rt,
-                        _spec_for_batch(spec, batch),
+                        spec,
                         batch,
                         seed,
                         warmup_ms,
@@ -368,7 +361,7 @@ def run_bench(
 
 def _measure(
     rt: Runtime,
-    info: Any,
+    info: RuntimeInfo,
     reference: Runtime | None,
     spec: InputSpec,
     batch: int,
@@ -378,9 +371,10 @@ def _measure(
     min_duration_s: float,
     say: Progress,
 ) -> BenchRow:
-    feeds = {n: t.numpy() for n, t in zip(spec.names, spec.example_inputs(seed=seed))}
-    row = BenchRow(rt.name, info.device, info.precision, batch, versions=info.versions)
+    row = BenchRow(rt.name, info.device, info.precision, batch, info.detail, versions=info.versions)
     try:
+        at_batch = spec.at_batch(batch)
+        feeds = {n: t.numpy() for n, t in zip(at_batch.names, at_batch.example_inputs(seed=seed))}
         out = rt.run(feeds)
     except Exception as e:  # e.g. a static batch in the artifact; the row says so, the others go on
         row.unavailable = f"fails at batch {batch}: {type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
@@ -394,13 +388,14 @@ def _measure(
         rt.synchronize()
 
     row.stats = latency_stats(time_calls(call, warmup_ms=warmup_ms, iterations=iterations, min_duration_s=min_duration_s), batch)
-    device_time = getattr(rt, "device_time_ms", None)
-    if rt.on_gpu and device_time is not None:  # the GPU compute alone, apart from copies
-        row.device_stats = latency_stats([t / 1e3 for t in device_time(feeds, max(iterations, row.stats.iterations))], batch)
+    if rt.on_gpu:  # the GPU compute alone, apart from copies, where the runtime can time it
+        device_ms = rt.device_time_ms(feeds, max(iterations, row.stats.iterations))
+        if device_ms is not None:
+            row.device_stats = latency_stats([t / 1e3 for t in device_ms], batch)
     return row
 
 
-def _reference(model: nn.Module | None, onnx_path: Any, spec: InputSpec) -> tuple[Runtime | None, str]:
+def _reference(model: nn.Module | None, onnx_path: str | os.PathLike[str] | None, spec: InputSpec) -> tuple[Runtime | None, str]:
     if model is not None:
         return create_runtime("torch", model=model, input_names=spec.names), "PyTorch fp32 eager (the unfolded model)"
     if onnx_path is not None and unavailable_reason("ort-cpu") is None:

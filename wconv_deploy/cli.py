@@ -1,28 +1,42 @@
-"""The ``wconv-deploy`` command: a thin click layer over the library. Parse, call, print.
+"""The ``wconv-deploy`` command: a shell over the library. Parse, call, print.
 
-Exit status: 0 success, 1 numbers disagree (a check failed), 2 bad input or usage. Errors are
-one line on stderr; ``--debug`` shows the traceback instead.
+Option groups are declared once and shared: the model source (MODEL, ``--arch``,
+``--checkpoint-key``, ``--trust-code``), shapes (``--input-shape``, ``--dynamic``,
+``--max-input-gb``), checks (``--atol``, ``--rtol``, ``--seed``, ``--inputs``) and output
+(``--json`` prints the report as JSON on stdout, ``--json-file`` writes it). Each group hands the
+command one object from :mod:`wconv_deploy.options`. Only click, the errors and those light
+modules are imported at start, so ``wconv-deploy --help`` imports neither torch nor onnx.
+
+Exit status: 0 success, 1 numbers disagree (a check failed), 2 bad input or usage, 130/143
+interrupted. Errors are one line on stderr; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import sys
+import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from wconv_deploy import __version__
+from wconv_deploy._version import __version__
 from wconv_deploy.errors import DISK_FULL, InputError, Interrupted, MismatchError, WconvError
+from wconv_deploy.options import CheckOptions, ModelSource, ShapeOptions, artifact_kind, int_list, name_list
+from wconv_deploy.spec import MAX_INPUT_GB
+
+_EMIT = "wconv_deploy.emit"  # ctx.meta key: how the running command prints its report
 
 
 class _Group(click.Group):
-    """Turns the library's errors into one stderr line and the exit status they carry; SIGINT and
-    SIGTERM stop any command cleanly (staging removed) with exit 130 or 143."""
+    """Turns the library's errors into one stderr line and the exit status they carry (a failed
+    check's report is printed first, as a table or as JSON); SIGINT and SIGTERM stop any command
+    cleanly (staging removed) with exit 130 or 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from wconv_deploy.interrupts import signals_as_interrupts
@@ -40,8 +54,8 @@ class _Group(click.Group):
         except WconvError as e:
             if debug:
                 raise
-            if isinstance(e, MismatchError) and e.report:
-                click.echo(e.report)
+            if isinstance(e, MismatchError) and e.report is not None:
+                ctx.meta.get(_EMIT, _Emit())(e.report)
             _fail(ctx, str(e), e.exit_code)
         except Interrupted as e:
             _fail(ctx, "interrupted" + (" (SIGTERM)" if e.signum == signal.SIGTERM else ""), e.exit_code)
@@ -62,6 +76,20 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
     ctx.exit(code)
 
 
+class _Option(click.Option):
+    """An option whose help shows only its first two spellings: later ones are old names kept
+    working (``--out`` for ``--output``, ``--shape`` for ``--input-shape``)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None or len(self.opts) <= 2:
+            return record
+        first, rest = record
+        for old in self.opts[2:]:
+            first = first.replace(f", {old}", "")
+        return first, rest
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wconv-deploy")
 @click.option("--debug", is_flag=True, help="Show tracebacks and library warnings.")
@@ -69,21 +97,24 @@ def cli(debug: bool) -> None:
     """Deploy CNNs trained with the weighted convolution: load safely, fold, export, check."""
 
 
-def _model_options(f: Any) -> Any:
-    """The options every command that reads a MODEL takes (same names as load_model's arguments)."""
-    f = click.option(
-        "--checkpoint-key",
-        metavar="KEY",
-        help="Entry of a checkpoint dict to use (default: ema, model_ema, model, state_dict, ...).",
-    )(f)
-    f = click.option(
-        "--arch", metavar="MODULE:CALLABLE", help="Build the architecture with this callable and load only the file's weights."
-    )(f)
-    f = _trust_option(f)
-    return click.argument("model", metavar="MODEL")(f)
+# --------------------------------------------------------------------------- option groups
 
 
-#: What --trust-pickle (alias --trust-code) allows, said once for every command that reads a model or engine.
+def _gather(name: str, keys: tuple[str, ...], build: Callable[..., Any]) -> Callable[[Any], Any]:
+    """Wrap a command so that the options ``keys`` reach it as one argument ``name`` = build(**them)."""
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[name] = build(**{k: kwargs.pop(k) for k in keys})
+            return f(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+#: What --trust-code (alias --trust-pickle) allows, said once for every command that reads a model or engine.
 TRUST_HELP = (
     "Let code inside the model files run: full unpickling, TorchScript and .pt2 programs, version-compatible "
     "TensorRT engines. Without it nothing from a file runs. Only for files you trust."
@@ -91,124 +122,219 @@ TRUST_HELP = (
 
 
 def _trust_option(f: Any) -> Any:
-    return click.option("--trust-pickle", "--trust-code", "trust_pickle", is_flag=True, help=TRUST_HELP)(f)
+    return click.option("--trust-code", "--trust-pickle", "trust_code", is_flag=True, help=TRUST_HELP)(f)
 
 
-def _load(model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str | None) -> Any:
-    from wconv_deploy.loading import load_model
+def _model_options(where: str = "argument", *, required: bool = True) -> Callable[[Any], Any]:
+    """The model source, as ``source: ModelSource`` (None for an optional --reference not given).
 
-    return load_model(model, arch=arch, trust_pickle=trust_pickle, checkpoint_key=checkpoint_key)
+    ``where``: ``argument`` (MODEL), ``reference`` (``--reference MODEL``) or ``none`` (the
+    loading options only; the command names the model itself, e.g. among bench's ARTIFACTs)."""
 
+    def build(model: str | None, arch: str | None, checkpoint_key: str | None, trust_code: bool) -> ModelSource | None:
+        if model is None and where != "none":
+            return None
+        return ModelSource(model or "", arch, checkpoint_key, trust_code)
 
-@cli.command()
-@_model_options
-@click.option("--no-fold-bn", is_flag=True, help="Do not try fusing Conv+BatchNorm pairs in the fold check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the inspection as JSON.")
-def inspect(
-    model: str, trust_pickle: bool, arch: str | None, checkpoint_key: str | None, no_fold_bn: bool, as_json: bool
-) -> None:
-    """Show MODEL's format, weighted layers, parameters and whether it folds cleanly.
+    def decorate(f: Any) -> Any:
+        f = _gather("source", ("model", "arch", "checkpoint_key", "trust_code"), build)(f)
+        f = click.option(
+            "--checkpoint-key",
+            metavar="KEY",
+            help="Entry of a checkpoint dict to use (default: ema, model_ema, model, state_dict, ...).",
+        )(f)
+        f = click.option(
+            "--arch",
+            metavar="MODULE:CALLABLE",
+            help="Build the architecture with this callable and load only the file's weights.",
+        )(f)
+        f = _trust_option(f)
+        if where == "argument":
+            return click.argument("model", metavar="MODEL")(f)
+        if where == "reference":
+            help_text = "The fp32 PyTorch model (file or zoo:NAME) the artifact must match."
+            if not required:
+                help_text += " [the zoo model an export came from]"
+            return click.option("--reference", "model", metavar="MODEL", required=required, help=help_text)(f)
+        return _with_default(f, "model", None)
 
-    MODEL is a file saved with torch.save (whole model, state_dict with --arch, checkpoint
-    dict), a TorchScript archive or a torch.export .pt2 program.
-    """
-    from wconv_deploy.exporters.onnx import report_json
-    from wconv_deploy.inspection import inspect_model
-
-    result = inspect_model(_load(model, trust_pickle, arch, checkpoint_key), fold_bn=not no_fold_bn)
-    click.echo(report_json(result.to_dict()) if as_json else result.render())  # valid JSON even for NaN weights
-    if result.fold_error is not None:
-        raise result.fold_error
-
-
-@cli.command()
-@click.option(
-    "-o",
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("demo-out"),
-    show_default=True,
-    help="Folder for the files the demo writes.",
-)
-def demo(out_dir: Path) -> None:
-    """Run the toolkit end to end on a built-in network (no arguments, no network access)."""
-    from wconv_deploy.demo import run_demo
-
-    run_demo(out_dir, echo=click.echo)
-    click.echo(f"demo finished; files in {out_dir}/")
+    return decorate
 
 
-def _spec_options(f: Any) -> Any:
-    """--input-shape, --dynamic and --max-input-gb: parsed once into an InputSpec (wconv_deploy.spec),
-    which refuses shapes beyond the limit before anything is allocated."""
-    from wconv_deploy.spec import MAX_INPUT_GB
+def _with_default(f: Any, key: str, value: Any) -> Any:
+    """``f`` called with ``key=value`` added (a group's argument this command does not take)."""
 
     @functools.wraps(f)
-    def limited(*args: Any, max_input_gb: float, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return f(*args, **{key: value, **kwargs})
+
+    return wrapper
+
+
+def _shape_options(f: Any) -> Any:
+    """--input-shape, --dynamic and --max-input-gb as ``shapes: ShapeOptions``; inside the command,
+    specs beyond the memory limit are refused before anything is allocated."""
+
+    def build(input_shape: str | None, dynamic: str | None, max_input_gb: float) -> ShapeOptions:
+        return ShapeOptions(input_shape, dynamic, max_input_gb)
+
+    @functools.wraps(f)
+    def limited(*args: Any, shapes: ShapeOptions, **kwargs: Any) -> Any:
         from wconv_deploy.spec import input_limit
 
-        with input_limit(max_input_gb):
-            return f(*args, **kwargs)
+        with input_limit(shapes.max_input_gb):
+            return f(*args, shapes=shapes, **kwargs)
 
-    limited = click.option(
+    g = _gather("shapes", ("input_shape", "dynamic", "max_input_gb"), build)(limited)
+    g = click.option(
         "--max-input-gb",
         type=float,
         default=MAX_INPUT_GB,
         show_default=True,
         metavar="GIB",
         help="Refuse input shapes whose one set of inputs would take more memory than this.",
-    )(limited)
-    limited = click.option(
-        "--dynamic",
-        metavar="AXES",
-        help="Axes that vary: batch | batch,height,width | all | batch=1:64,height=32:512.",
-    )(limited)
+    )(g)
+    g = click.option(
+        "--dynamic", metavar="AXES", help="Axes that vary: batch | batch,height,width | all | batch=1:64,height=32:512."
+    )(g)
     return click.option(
         "--input-shape",
+        "--shape",
+        "input_shape",
+        cls=_Option,
         metavar="SPEC",
         help="Input shape(s): 1x3x224x224 or x:1x3x224x224,mask:1x1x224x224 (optional :dtype).",
-    )(limited)
+    )(g)
 
 
-def _tolerance_options(f: Any) -> Any:
-    """Validation inputs and tolerances, shared by export and validate."""
-    from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL
+def _check_options(*precisions: str) -> Callable[[Any], Any]:
+    """--atol, --rtol, --seed and --inputs as ``checks: CheckOptions``; the tolerances default to
+    those of the artifact's precision (the help names them for ``precisions``)."""
+    from wconv_deploy.precision import Precision
 
-    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")(f)
-    f = click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance.")(f)
-    f = click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True, help="Absolute tolerance.")(f)
-    f = click.option(
-        "--inputs",
-        type=click.Path(path_type=Path),
-        help="Also validate on these inputs: an .npz (one array per input name) or a folder of images.",
-    )(f)
-    return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
+    typed = [Precision(p) for p in precisions or ("fp32",)]
+    atols = ", ".join(f"{p.value} {p.tolerance[0]:g}" for p in typed)
+    rtols = ", ".join(f"{p.value} {p.tolerance[1]:g}" for p in typed)
 
+    def decorate(f: Any) -> Any:
+        f = _gather("checks", ("atol", "rtol", "seed", "inputs"), CheckOptions)(f)
+        f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random validation inputs.")(f)
+        f = click.option("--rtol", type=float, metavar="R", help=f"Relative tolerance [{rtols}].")(f)
+        f = click.option("--atol", type=float, metavar="A", help=f"Absolute tolerance [{atols}].")(f)
+        return click.option(
+            "--inputs",
+            type=click.Path(path_type=Path),
+            help="Also validate on these inputs: an .npz (one array per input name) or a folder of images.",
+        )(f)
 
-def _resolve_spec(model: str, input_shape: str | None, dynamic: str | None) -> Any:
-    """The InputSpec from --input-shape/--dynamic; a zoo model's own defaults fill in what is missing."""
-    from wconv_deploy.spec import InputSpec
-
-    if not input_shape and model.startswith("zoo:"):
-        from wconv_deploy.zoo.registry import default_spec_args
-
-        input_shape, default_dynamic = default_spec_args(model)
-        dynamic = dynamic or default_dynamic
-    if not input_shape:
-        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
-    return InputSpec.parse(input_shape, dynamic)
+    return decorate
 
 
-def _progress(as_json: bool) -> Any:
-    """Progress lines on stdout (stderr is kept for the one-line error); none with --json."""
-    return None if as_json else (lambda msg: click.echo(f"... {msg}"))
+def _output_option(
+    help_text: str, *, folder: bool = False, required: bool = False, default: Path | None = None
+) -> Callable[[Any], Any]:
+    """-o/--output (old name --out kept) for the file or folder a command writes."""
+    return click.option(
+        "-o",
+        "--output",
+        "--out",
+        "output",
+        cls=_Option,
+        type=click.Path(file_okay=not folder, dir_okay=folder, path_type=Path),
+        required=required,
+        default=default,
+        show_default=default is not None,
+        help=help_text,
+    )
+
+
+@dataclass(frozen=True)
+class _Emit:
+    """How a command prints its report: a table (with progress lines), or JSON on stdout
+    (``--json``, no progress), and also as JSON to a file (``--json-file``)."""
+
+    as_json: bool = False
+    json_file: Path | None = None
+    started: float = 0.0
+
+    def __call__(self, report: Any) -> None:
+        from wconv_deploy.reports import dumps
+
+        if self.json_file is not None:
+            from wconv_deploy.fileio import write_text_atomic
+
+            write_text_atomic(self.json_file, dumps(report) + "\n")
+        click.echo(dumps(report) if self.as_json else report.render())
+        if self.json_file is not None and not self.as_json:
+            click.echo(f"wrote {self.json_file}")
+
+    def progress(self, msg: str) -> None:
+        """A progress line with the elapsed time, on stdout (stderr is kept for the one-line error)."""
+        if not self.as_json:
+            click.echo(f"... {msg} [{time.monotonic() - self.started:.1f} s]")
+
+
+def _json_options(f: Any) -> Any:
+    """--json and --json-file as ``emit: _Emit`` (kept in ctx.meta so a failed check's report is
+    printed the same way)."""
+
+    def build(as_json: bool, json_file: Path | None) -> _Emit:
+        if json_file is not None and not (json_file.parent if str(json_file.parent) else Path(".")).is_dir():
+            raise InputError(f"--json-file {json_file}: folder {json_file.parent} does not exist")
+        emit = _Emit(as_json, json_file, time.monotonic())
+        click.get_current_context().meta[_EMIT] = emit
+        return emit
+
+    f = _gather("emit", ("as_json", "json_file"), build)(f)
+    f = click.option("--json-file", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON here.")(
+        f
+    )
+    return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (valid JSON, failures too).")(
+        f
+    )
+
+
+def _runtime_names(*, serves: bool = False) -> list[str]:
+    from wconv_deploy.runtimes import entries
+
+    return [e.name for e in entries() if not serves or (e.serves and e.kind != "torch")]
+
+
+# --------------------------------------------------------------------------- commands
 
 
 @cli.command()
-@_model_options
-@_spec_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="ONNX file to write [MODEL.onnx].")
+@_model_options()
+@click.option("--no-fold-bn", is_flag=True, help="Do not try fusing Conv+BatchNorm pairs in the fold check.")
+@_json_options
+def inspect(source: ModelSource, no_fold_bn: bool, emit: _Emit) -> None:
+    """Show MODEL's format, weighted layers, parameters and whether it folds cleanly.
+
+    MODEL is a file saved with torch.save (whole model, state_dict with --arch, checkpoint
+    dict), a TorchScript archive or a torch.export .pt2 program.
+    """
+    from wconv_deploy.inspection import inspect_model
+
+    result = inspect_model(source.load(), fold_bn=not no_fold_bn)
+    emit(result)
+    if result.fold_error is not None:
+        raise result.fold_error
+
+
+@cli.command()
+@_output_option("Folder for the files the demo writes.", folder=True, default=Path("demo-out"))
+def demo(output: Path) -> None:
+    """Run the toolkit end to end on a built-in network (no arguments, no network access)."""
+    from wconv_deploy.demo import run_demo
+
+    run_demo(output, echo=click.echo)
+    click.echo(f"demo finished; files in {output}/")
+
+
+@cli.command()
+@_model_options()
+@_shape_options
+@_output_option("ONNX file to write [MODEL.onnx].")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset version.")
 @click.option(
     "--exporter",
@@ -219,100 +345,74 @@ def _progress(as_json: bool) -> Any:
 )
 @click.option("--fold-bn", is_flag=True, help="Also fuse eval-mode Conv+BatchNorm pairs in PyTorch before export.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch in ONNX Runtime.")
-@_tolerance_options
+@_check_options()
+@_json_options
 def export(
-    model: str,
-    trust_pickle: bool,
-    arch: str | None,
-    checkpoint_key: str | None,
-    input_shape: str | None,
-    dynamic: str | None,
+    source: ModelSource,
+    shapes: ShapeOptions,
     output: Path | None,
     opset: int,
     exporter: str,
     fold_bn: bool,
     no_validate: bool,
-    inputs: Path | None,
-    atol: float,
-    rtol: float,
-    seed: int,
-    as_json: bool,
+    checks: CheckOptions,
+    emit: _Emit,
 ) -> None:
     """Fold MODEL, export it to ONNX, check the graph and validate it against PyTorch.
 
     The file written holds only ordinary convolutions and passed every check; its validation
     report is written beside it as OUTPUT.report.json.
     """
-    from wconv_deploy.exporters.onnx import export_onnx, report_json
+    from wconv_deploy.exporters.onnx import export_onnx
 
-    spec = _resolve_spec(model, input_shape, dynamic)
+    spec = shapes.resolve(source.uri)
+    emit.progress(f"loading {source.uri}")
+    atol, rtol = checks.tolerance()
     report = export_onnx(
-        model,
+        source.load(),
         output,
         spec,
         opset=opset,
         exporter=exporter,
         fold_bn=fold_bn,
         validate_output=not no_validate,
-        inputs=inputs,
+        inputs=checks.inputs,
         atol=atol,
         rtol=rtol,
-        seed=seed,
-        trust_pickle=trust_pickle,
-        arch=arch,
-        checkpoint_key=checkpoint_key,
-        progress=_progress(as_json),
+        seed=checks.seed,
+        progress=emit.progress,
     )
-    click.echo(report_json(report.to_dict()) if as_json else report.render())
+    emit(report)
 
 
 @cli.command(name="validate")
 @click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
-@click.option("--reference", required=True, metavar="MODEL", help="The PyTorch model the ONNX file must match.")
-@click.option("--checkpoint-key", metavar="KEY", help="Entry of the reference's checkpoint dict to use.")
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
-@_trust_option
-@_spec_options
-@_tolerance_options
-def validate_cmd(
-    onnx_file: Path,
-    reference: str,
-    checkpoint_key: str | None,
-    arch: str | None,
-    trust_pickle: bool,
-    input_shape: str | None,
-    dynamic: str | None,
-    inputs: Path | None,
-    atol: float,
-    rtol: float,
-    seed: int,
-    as_json: bool,
-) -> None:
+@_model_options("reference")
+@_shape_options
+@_check_options()
+@_json_options
+def validate_cmd(onnx_file: Path, source: ModelSource, shapes: ShapeOptions, checks: CheckOptions, emit: _Emit) -> None:
     """Check that the ONNX file computes what the PyTorch MODEL given as --reference computes.
 
     Shapes come from the file's wconv-deploy metadata unless --input-shape is given.
     """
-    from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.fileio import regular_file
-    from wconv_deploy.spec import InputSpec
     from wconv_deploy.validate import validate
 
     regular_file(onnx_file)
-    spec = InputSpec.parse(input_shape, dynamic) if input_shape else None
-    if dynamic and not input_shape:
-        raise InputError("--dynamic needs --input-shape")
-    ref = _load(reference, trust_pickle, arch, checkpoint_key)
-    report = validate(onnx_file, ref, spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed)
-    click.echo(report_json(report.to_dict()) if as_json else report.render())
+    spec = shapes.given()
+    atol, rtol = checks.tolerance()
+    report = validate(onnx_file, source.load(), spec, inputs=checks.inputs, atol=atol, rtol=rtol, seed=checks.seed)
     if not report.passed:
-        raise MismatchError(f"{onnx_file} does not compute what {reference} computes (see the table above)")
+        raise MismatchError(f"{onnx_file} does not compute what {source.uri} computes (see the report above)", report)
+    emit(report)
 
 
 @cli.command()
 @click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True, help="The variant to make.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Variant to write [ONNX.PRECISION.onnx].")
-@click.option("--reference", metavar="MODEL", help="The fp32 PyTorch model (default: the zoo model an export came from).")
+@_output_option("Variant to write [ONNX.PRECISION.onnx].")
+@_model_options("reference", required=False)
 @click.option("--calibration", type=click.Path(path_type=Path), help="int8 calibration inputs: an .npz or a folder of images.")
 @click.option(
     "--calibration-method",
@@ -321,7 +421,6 @@ def validate_cmd(
     show_default=True,
     help="How int8 activation ranges are fitted to the calibration data.",
 )
-@click.option("--inputs", type=click.Path(path_type=Path), help="Validation inputs (.npz or image folder) besides random ones.")
 @click.option(
     "--keep-fp32",
     default="",
@@ -329,59 +428,48 @@ def validate_cmd(
     help="ONNX nodes or PyTorch layers (as --per-layer names them) to leave in fp32.",
 )
 @click.option("--per-layer", is_flag=True, help="Report every Conv output's error vs fp32 PyTorch.")
-@click.option("--atol", type=float, help="Absolute tolerance (default by precision: fp16 1e-2, int8 1e-1).")
-@click.option("--rtol", type=float, help="Relative tolerance (default by precision: fp16 1e-2, int8 1e-1).")
-@_trust_option
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the reference's architecture with this callable.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_check_options("fp16", "int8")
+@_json_options
 def convert(
     onnx_file: Path,
     precision: str,
     output: Path | None,
-    reference: str | None,
+    source: ModelSource | None,
     calibration: Path | None,
     calibration_method: str,
-    inputs: Path | None,
     keep_fp32: str,
     per_layer: bool,
-    atol: float | None,
-    rtol: float | None,
-    trust_pickle: bool,
-    arch: str | None,
-    as_json: bool,
+    checks: CheckOptions,
+    emit: _Emit,
 ) -> None:
     """Make an fp16 or int8 (QDQ) variant of an exported ONNX file and validate it against fp32
     PyTorch; for zoo denoisers and classifiers the task metric (PSNR, top-1 agreement) too."""
-    from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.exporters.precision import convert_onnx
+    from wconv_deploy.options import variant_path
+    from wconv_deploy.precision import Precision
 
-    ref = _load(reference, trust_pickle, arch, None) if reference else None
-    out = output or onnx_file.with_name(f"{onnx_file.stem}.{precision}.onnx")
+    typed = Precision.parse(precision)
     report = convert_onnx(
         onnx_file,
-        out,
-        precision,
-        reference=ref,
+        output or variant_path(onnx_file, typed),
+        typed,
+        reference=source.load() if source else None,
         calibration=calibration,
         calibration_method=calibration_method,
-        inputs=inputs,
-        keep_fp32=[n.strip() for n in keep_fp32.split(",") if n.strip()],
+        inputs=checks.inputs,
+        keep_fp32=name_list(keep_fp32),
         per_layer=per_layer,
-        atol=atol,
-        rtol=rtol,
-        progress=_progress(as_json),
+        atol=checks.atol,
+        rtol=checks.rtol,
+        seed=checks.seed,
+        progress=emit.progress,
     )
-    click.echo(report_json(report.to_dict()) if as_json else report.render())
+    emit(report)
 
 
 @cli.command()
 @click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Engine to write [ONNX with .plan]; manifest: OUTPUT.json.",
-)
+@_output_option("Engine to write [ONNX with .plan]; manifest: OUTPUT.json.")
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8"]),
@@ -403,7 +491,7 @@ def convert(
     help="ampere+: run on any GPU of sm 8.0 or later (slower kernels); default: this GPU's compute capability.",
 )
 @click.option("--strongly-typed", is_flag=True, help="TensorRT 10: precision from the ONNX types, as TensorRT 11 always does.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_json_options
 def build(
     onnx_file: Path,
     output: Path | None,
@@ -416,7 +504,7 @@ def build(
     version_compatible: bool,
     hardware_compatibility: str | None,
     strongly_typed: bool,
-    as_json: bool,
+    emit: _Emit,
 ) -> None:
     """Build a TensorRT engine from an exported ONNX file on this machine's GPU.
 
@@ -425,10 +513,11 @@ def build(
     the TensorRT version and GPU it was built for; the trt runtime checks it before loading.
     """
     from wconv_deploy.exporters.tensorrt import build_engine
+    from wconv_deploy.options import engine_path
 
     manifest = build_engine(
         onnx_file,
-        output or onnx_file.with_suffix(".plan"),
+        output or engine_path(onnx_file),
         precision,
         min_shape=min_shape,
         opt_shape=opt_shape,
@@ -438,9 +527,9 @@ def build(
         version_compatible=version_compatible,
         hardware_compatibility=hardware_compatibility,
         strongly_typed=strongly_typed,
-        progress=_progress(as_json),
+        progress=emit.progress,
     )
-    click.echo(json.dumps(manifest.to_dict(), indent=2) if as_json else manifest.render())
+    emit(manifest)
 
 
 @cli.command()
@@ -461,7 +550,7 @@ def build(
     metavar="DIR",
     help="Check the Triton repository DIR offline instead.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_json_options
 def package(
     artifacts: tuple[Path, ...],
     repo: Path | None,
@@ -474,7 +563,7 @@ def package(
     preferred_batch: str | None,
     max_queue_delay_us: int | None,
     check_dir: Path | None,
-    as_json: bool,
+    emit: _Emit,
 ) -> None:
     """Write ARTIFACT as the Triton model REPO/NAME and check it offline: an exported ONNX file, or
     TensorRT engines (each with its manifest; one per GPU compute capability). With --check DIR,
@@ -483,18 +572,18 @@ def package(
     Dims and max_batch_size follow the export's input spec (or the engine's profile); the entry is
     written beside REPO/NAME and swapped in only once complete and checked.
     """
-    from wconv_deploy.exporters.onnx import report_json
-    from wconv_deploy.ship.triton import check_repository
-    from wconv_deploy.ship.triton import package as package_model
-
     if check_dir is not None:
+        from wconv_deploy.ship.check import check_repository
+
         if artifacts or repo or name:
             raise InputError("--check DIR checks a repository: give it without ARTIFACT, --repo and --name")
         check = check_repository(check_dir)
-        click.echo(report_json(check.to_dict()) if as_json else check.render())
         if not check.passed:
-            raise MismatchError(f"the Triton repository {check_dir} fails its check (see the report above)")
+            raise MismatchError(f"the Triton repository {check_dir} fails its check (see the report above)", check)
+        emit(check)
         return
+    from wconv_deploy.ship.package import package as package_model
+
     if not artifacts or repo is None or name is None:
         raise InputError("give ARTIFACT..., --repo DIR and --name NAME (or --check DIR)")
     report = package_model(
@@ -506,17 +595,17 @@ def package(
         instances=instances,
         kind=kind,
         dynamic_batching=dynamic_batching,
-        preferred_batch=_int_list(preferred_batch, "--preferred-batch") if preferred_batch else (),
+        preferred_batch=int_list(preferred_batch, "--preferred-batch") if preferred_batch else (),
         max_queue_delay_us=max_queue_delay_us,
-        progress=_progress(as_json),
+        progress=emit.progress,
     )
-    click.echo(report_json(report.to_dict()) if as_json else report.render())
+    emit(report)
 
 
 @cli.command("deploy")
-@_model_options
-@_spec_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for every artifact.")
+@_model_options()
+@_shape_options
+@_output_option("Folder for every artifact.", folder=True, required=True)
 @click.option(
     "--precision",
     "precisions",
@@ -529,47 +618,40 @@ def package(
 @click.option("--name", help="Triton model name prefix [the model file's stem].")
 @click.option("--bench-duration-s", type=float, default=1.0, show_default=True, help="Time spent timing each runtime.")
 @click.option("--no-package", is_flag=True, help="Stop before writing the Triton model repository.")
-@click.option("--json", "as_json", is_flag=True, help="Print the final table as JSON.")
+@_json_options
 def deploy_cmd(
-    model: str,
-    trust_pickle: bool,
-    arch: str | None,
-    checkpoint_key: str | None,
-    input_shape: str | None,
-    dynamic: str | None,
-    out: Path,
+    source: ModelSource,
+    shapes: ShapeOptions,
+    output: Path,
     precisions: str,
     calibration: Path | None,
     name: str | None,
     bench_duration_s: float,
     no_package: bool,
-    as_json: bool,
+    emit: _Emit,
 ) -> None:
     """Export, validate, convert, build (TensorRT, when here), benchmark and package MODEL for
-    Triton in one go, ending with one table (also written to OUT/deploy.json)."""
-    from wconv_deploy.deploy import deploy
+    Triton in one go, ending with one table (also written to OUTPUT/deploy.json)."""
+    from wconv_deploy.deploy import DEPLOY_PRECISIONS, deploy
+    from wconv_deploy.precision import Precision
 
+    wanted = Precision.parse_list(precisions, allowed=DEPLOY_PRECISIONS)
+    spec = shapes.resolve(source.uri)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"-o/--output {output}: exists and is not a folder")
+    emit.progress(f"loading {source.uri}")
     report = deploy(
-        model,
-        _resolve_spec(model, input_shape, dynamic),
-        out,
-        precisions=[p.strip() for p in precisions.split(",") if p.strip()],
+        source.load(),
+        spec,
+        output,
+        precisions=wanted,
         calibration=calibration,
         name=name,
-        trust_pickle=trust_pickle,
-        arch=arch,
-        checkpoint_key=checkpoint_key,
         bench_duration_s=bench_duration_s,
         package=not no_package,
-        progress=_progress(as_json),
+        progress=emit.progress,
     )
-    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else report.render())
-
-
-DEFAULT_BENCH_RUNTIMES = "torch,torch-folded,torch-cuda,torch-cuda-fp16,ort-cpu,ort-cuda,ort-trt,trt,openvino,openvino-bf16"
-
-
-SERVE_RUNTIMES = ["ort-cpu", "ort-cuda", "ort-trt", "openvino", "openvino-bf16", "trt", "trt-graph"]
+    emit(report)
 
 
 @cli.command(name="serve")
@@ -577,11 +659,13 @@ SERVE_RUNTIMES = ["ort-cpu", "ort-cuda", "ort-trt", "openvino", "openvino-bf16",
 @click.option("--port", "http_port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1 (0: any free port).")
 @click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port on 127.0.0.1 (0: any free port).")
 @click.option("--name", help="Model name [config.pbtxt's, else the file's stem]; in a repository, the model to serve.")
-@click.option("--runtime", type=click.Choice(SERVE_RUNTIMES), help="What runs the model [ort-cpu for ONNX, trt for engines].")
+@click.option(
+    "--runtime", type=click.Choice(_runtime_names(serves=True)), help="What runs the model [ort-cpu for ONNX, trt for engines]."
+)
 @click.option("--max-batch", type=int, help="Triton's max_batch_size [config.pbtxt's, else the model's batch maximum].")
 @_trust_option
 def serve_cmd(
-    target: Path, http_port: int, grpc_port: int, name: str | None, runtime: str | None, max_batch: int | None, trust_pickle: bool
+    target: Path, http_port: int, grpc_port: int, name: str | None, runtime: str | None, max_batch: int | None, trust_code: bool
 ) -> None:
     """Serve an ONNX file, a TensorRT engine (.plan with its .plan.json) or a model folder from
     wconv-deploy package over Triton's HTTP and gRPC protocols on 127.0.0.1, until Ctrl-C.
@@ -597,8 +681,8 @@ def serve_cmd(
         grpc_port=grpc_port,
         runtime=runtime,
         max_batch=max_batch,
-        trust_code=trust_pickle,
-        progress=_progress(False),
+        trust_code=trust_code,
+        progress=_Emit(started=time.monotonic()).progress,
     )
 
 
@@ -609,9 +693,16 @@ def serve_cmd(
 @click.option("--duration-s", type=float, default=10.0, show_default=True, help="Measured seconds per level.")
 @click.option("--warmup-s", type=float, default=1.0, show_default=True, help="Unmeasured seconds before each level.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size of every request (models that batch).")
-@click.option("--shape", metavar="SPEC", help="Full input shapes like --input-shape (input:1x1x64x64): for variable axes.")
+@click.option(
+    "--input-shape",
+    "--shape",
+    "input_shape",
+    cls=_Option,
+    metavar="SPEC",
+    help="Full input shapes like input:1x1x64x64, for the model's variable axes.",
+)
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), help="For a URL without http:// or grpc:// [http].")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_json_options
 def loadtest_cmd(
     url: str,
     model: str,
@@ -619,123 +710,100 @@ def loadtest_cmd(
     duration_s: float,
     warmup_s: float,
     batch: int,
-    shape: str | None,
+    input_shape: str | None,
     protocol: str | None,
-    as_json: bool,
+    emit: _Emit,
 ) -> None:
     """Measure latency percentiles and throughput of a model served by Triton at URL
     (http://HOST:PORT or grpc://HOST:PORT), closed loop, at each --concurrency."""
-    from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.ship.loadtest import loadtest, parse_shapes
 
     report = loadtest(
         url,
         model,
-        concurrency=_int_list(concurrency, "--concurrency"),
+        concurrency=int_list(concurrency, "--concurrency"),
         duration_s=duration_s,
         protocol=protocol,
         batch=batch,
-        shapes=parse_shapes(shape) if shape else None,
+        shapes=parse_shapes(input_shape) if input_shape else None,
         warmup_s=warmup_s,
-        progress=_progress(as_json),
+        progress=emit.progress,
     )
-    click.echo(report_json(report.to_dict()) if as_json else report.render())
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise InputError(f"{flag}: {text!r} is not a comma-separated list of integers") from None
-    return values
+    emit(report)
 
 
 @cli.command()
 @click.pass_context
 @click.argument("artifacts", nargs=-1, required=True, metavar="ARTIFACT...")
-@click.option("--runtimes", default=DEFAULT_BENCH_RUNTIMES, show_default=True, help="Comma-separated runtimes to time.")
-@_spec_options
+@click.option("--runtimes", metavar="LIST", help="Comma-separated runtimes to time [every runtime but the compiling ones].")
+@_shape_options
 @click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, e.g. 1,8,32.")
 @click.option("--warmup-ms", type=float, default=200, show_default=True, help="Warm-up time per runtime and batch.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Minimum timed calls.")
 @click.option("--min-duration-s", type=float, default=1.0, show_default=True, help="Minimum timed duration.")
 @click.option("--threads", type=int, default=0, help="CPU threads for every runtime (default: each runtime's own).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report as JSON here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG plot here.")
-@click.option("--checkpoint-key", metavar="KEY", help="Entry of a checkpoint dict to use.")
-@click.option("--arch", metavar="MODULE:CALLABLE", help="Build the PyTorch model's architecture with this callable.")
-@_trust_option
+@_model_options("none")
+@_json_options
 def bench(
     ctx: click.Context,
     artifacts: tuple[str, ...],
-    runtimes: str,
-    input_shape: str | None,
-    dynamic: str | None,
+    runtimes: str | None,
+    shapes: ShapeOptions,
     batches: str,
     warmup_ms: float,
     iterations: int,
     min_duration_s: float,
     threads: int,
-    json_out: Path | None,
     plot_out: Path | None,
-    checkpoint_key: str | None,
-    arch: str | None,
-    trust_pickle: bool,
+    source: ModelSource,
+    emit: _Emit,
 ) -> None:
     """Time runtimes side by side on identical inputs: ARTIFACT is an ONNX file, a TensorRT
     engine (.plan/.engine) and/or a PyTorch model (file or zoo:NAME; it is the fp32 reference,
     and is exported if no ONNX file is given). A runtime named in --runtimes that cannot run here
     is an error; of the default list, those that cannot run are reported with the reason."""
-    from wconv_deploy.bench import run_bench
-    from wconv_deploy.exporters.onnx import report_json
-    from wconv_deploy.fileio import regular_file, write_text_atomic
-    from wconv_deploy.spec import InputSpec
-    from wconv_deploy.validate import spec_from_onnx
+    from dataclasses import replace
 
-    onnx_files = [a for a in artifacts if a.lower().endswith(".onnx")]
-    engines = [a for a in artifacts if a.lower().endswith((".plan", ".engine"))]
-    models = [a for a in artifacts if a not in onnx_files + engines]
-    if len(onnx_files) > 1 or len(models) > 1 or len(engines) > 1:
+    from wconv_deploy.artifacts import OnnxInfo
+    from wconv_deploy.bench import default_runtimes, run_bench
+    from wconv_deploy.fileio import regular_file
+
+    by_kind: dict[str, list[str]] = {"onnx": [], "engine": [], "torch": []}
+    for a in artifacts:
+        if a.lower().endswith(".json"):
+            raise InputError(f"{a}: bench --json prints JSON on stdout now; write a file with --json-file {a}")
+        by_kind[artifact_kind(a)].append(a)
+    if any(len(v) > 1 for v in by_kind.values()):
         raise InputError("give at most one ONNX file, one TensorRT engine and one PyTorch model")
-    for f in onnx_files + engines:
+    for f in by_kind["onnx"] + by_kind["engine"]:
         regular_file(f)
-    for out in (json_out, plot_out):  # checked now, not after minutes of timing
-        if out is not None and not (out.parent if str(out.parent) else Path(".")).is_dir():
-            raise InputError(f"{out}: folder {out.parent} does not exist")
-    model = _load(models[0], trust_pickle, arch, checkpoint_key).model if models else None
-    if input_shape:
-        spec = InputSpec.parse(input_shape, dynamic)
-    elif onnx_files:
-        spec = spec_from_onnx(onnx_files[0])
-    elif models and models[0].startswith("zoo:"):
-        from wconv_deploy.zoo.registry import default_spec_args
-
-        spec = InputSpec.parse(default_spec_args(models[0])[0], dynamic)
-    else:
-        raise InputError("--input-shape is required (e.g. --input-shape 1x3x224x224)")
+    if plot_out is not None and not (plot_out.parent if str(plot_out.parent) else Path(".")).is_dir():
+        raise InputError(f"--plot {plot_out}: folder {plot_out.parent} does not exist")  # checked now, not after minutes
+    onnx_path = by_kind["onnx"][0] if by_kind["onnx"] else None
+    model_uri = by_kind["torch"][0] if by_kind["torch"] else None
+    model = replace(source, uri=model_uri).load().model if model_uri else None
+    spec = shapes.resolve(model_uri, OnnxInfo.read(onnx_path) if onnx_path and not shapes.input_shape else None)
     report = run_bench(
-        runtimes=[r.strip() for r in runtimes.split(",") if r.strip()],
+        runtimes=name_list(runtimes) if runtimes else default_runtimes(),
         spec=spec,
         model=model,
-        onnx_path=onnx_files[0] if onnx_files else None,
-        engine_path=engines[0] if engines else None,
-        batches=_int_list(batches, "--batch"),
+        onnx_path=onnx_path,
+        engine_path=by_kind["engine"][0] if by_kind["engine"] else None,
+        batches=int_list(batches, "--batch"),
         warmup_ms=warmup_ms,
         iterations=iterations,
         min_duration_s=min_duration_s,
         threads=threads,
-        # runtimes named on the command line must run; the default list reports what cannot
-        strict=ctx.get_parameter_source("runtimes") == click.core.ParameterSource.COMMANDLINE,
-        trust_code=trust_pickle,
-        progress=lambda msg: click.echo(f"... {msg}"),
+        strict=runtimes is not None,  # runtimes named on the command line must run; the default list reports what cannot
+        trust_code=source.trust_code,
+        progress=emit.progress,
     )
-    click.echo(report.render())
-    if json_out:
-        write_text_atomic(json_out, report_json(report.to_dict()))
-        click.echo(f"wrote {json_out}")
+    emit(report)
     if plot_out:
         report.plot(plot_out)
-        click.echo(f"wrote {plot_out}")
+        if not emit.as_json:
+            click.echo(f"wrote {plot_out}")
 
 
 @cli.group()
@@ -744,26 +812,12 @@ def zoo() -> None:
 
 
 @zoo.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
-def zoo_list(as_json: bool) -> None:
+@_json_options
+def zoo_list(emit: _Emit) -> None:
     """List the zoo's models, their options and default input shapes."""
-    from wconv_deploy.table import format_table
-    from wconv_deploy.zoo import list_models
+    from wconv_deploy.zoo.registry import zoo_listing
 
-    entries = list_models()
-    if as_json:
-        data = [
-            {"name": e.name, "description": e.description, "input_shape": e.input_shape, "dynamic": e.dynamic,
-             "options": {k: repr(v) for k, v in e.options().items()}}
-            for e in entries
-        ]  # fmt: skip
-        click.echo(json.dumps(data, indent=2))
-        return
-    rows = [[e.name, e.input_shape + (f" ({e.dynamic})" if e.dynamic else ""), e.description] for e in entries]
-    click.echo(format_table(["model", "input (dynamic)", "description"], rows))
-    click.echo("\noptions (zoo:NAME?option=value&...):")
-    for e in entries:
-        click.echo(f"  {e.name}: " + ", ".join(f"{k}={v!r}" for k, v in e.options().items()))
+    emit(zoo_listing())
 
 
 def main() -> None:

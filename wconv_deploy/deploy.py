@@ -9,19 +9,33 @@ variant that fails (its row says why) and writes the table as JSON beside the ar
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from wconv_deploy._optional import missing
 from wconv_deploy.errors import InputError, MismatchError, first_line
+from wconv_deploy.precision import Precision
+from wconv_deploy.reports import Report, Status, dumps
 from wconv_deploy.spec import InputSpec
 
+if TYPE_CHECKING:
+    from wconv_deploy.loading import LoadedModel
+
 Progress = Callable[[str], None]
-PRECISIONS = ("fp32", "fp16", "int8")
+#: What deploy makes (fp32 is always exported).
+DEPLOY_PRECISIONS = (Precision.FP32, Precision.FP16, Precision.INT8)
+
+
+@dataclass
+class Verdict:
+    """How an artifact was validated: a typed status and the detail the table shows."""
+
+    status: Status
+    text: str
 
 
 @dataclass
@@ -29,9 +43,9 @@ class DeployRow:
     """One artifact on one runtime: how it was validated, how fast it ran, where it is."""
 
     artifact: str
-    precision: str
+    precision: Precision
     runtime: str
-    validation: str
+    validation: Verdict
     latency_ms: float | None = None
     file: str = ""
     size_mb: float | None = None
@@ -40,7 +54,7 @@ class DeployRow:
 
 
 @dataclass
-class DeployReport:
+class DeployReport(Report):
     """Every row, the input spec, the output folder and the Triton repository (if written)."""
 
     out: str
@@ -48,9 +62,6 @@ class DeployReport:
     rows: list[DeployRow] = field(default_factory=list)
     triton_repository: str | None = None
     notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rows": [asdict(r) for r in self.rows]}
 
     def render(self) -> str:
         from wconv_deploy.table import format_table
@@ -61,7 +72,9 @@ class DeployReport:
             speed = f"{eager / r.latency_ms:.1f}x" if eager and r.latency_ms else "-"
             latency = f"{r.latency_ms:.2f}" if r.latency_ms is not None else "-"
             size = f"{r.size_mb:.2f}" if r.size_mb is not None else "-"
-            rows.append([r.artifact, r.precision, r.runtime, r.validation, latency, speed, size, r.file, r.triton_model or "-"])
+            rows.append(
+                [r.artifact, r.precision, r.runtime, r.validation.text, latency, speed, size, r.file, r.triton_model or "-"]
+            )
         head = ["artifact", "precision", "runtime", "validation", "latency ms", "vs eager", "MB", "file", "triton model"]
         lines = [format_table(head, rows)]
         lines += [f"note: {n}" for n in self.notes]
@@ -74,13 +87,13 @@ class DeployReport:
         return "\n".join(lines)
 
 
-def _verdict(report: Any) -> str:
-    """'pass (max rel 1e-07)' or 'FAILED' for a ValidationReport, '-' when none ran."""
+def _verdict(report: Any, task: dict[str, float] | None = None) -> Verdict:
+    """'pass (max rel 1e-07)' or 'FAILED' for a ValidationReport, 'not validated' when none ran."""
     if report is None:
-        return "not validated"
+        return Verdict(Status.SKIPPED, "not validated")
     if not report.passed:
-        return "FAILED"
-    return f"pass (max rel {report.worst.get('max_rel', 0.0):.1e})"
+        return Verdict(Status.FAILED, "FAILED")
+    return Verdict(Status.OK, f"pass (max rel {report.worst.get('max_rel', 0.0):.1e}){_task(task or {})}")
 
 
 def _task(task: dict[str, float]) -> str:
@@ -96,21 +109,18 @@ def _mb(path: Path) -> float:
 
 
 def deploy(
-    model: str | os.PathLike[str],
+    loaded: LoadedModel,
     spec: InputSpec,
     out: str | os.PathLike[str],
     *,
-    precisions: Sequence[str] = ("fp32",),
+    precisions: Sequence[str | Precision] = (Precision.FP32,),
     calibration: str | os.PathLike[str] | None = None,
     name: str | None = None,
-    trust_pickle: bool = False,
-    arch: str | None = None,
-    checkpoint_key: str | None = None,
     bench_duration_s: float = 1.0,
     package: bool = True,
     progress: Progress | None = None,
 ) -> DeployReport:
-    """Export ``model`` to ``out``, make each precision's variant, build TensorRT engines when
+    """Export ``loaded`` to ``out``, make each precision's variant, build TensorRT engines when
     TensorRT and a GPU are here, time every artifact, and package the ones that passed into a
     Triton model repository ``out/triton``. Returns the report; writes it to ``out/deploy.json``.
 
@@ -120,19 +130,16 @@ def deploy(
     """
     from wconv_deploy.exporters.onnx import export_onnx
     from wconv_deploy.fileio import write_text_atomic
-    from wconv_deploy.loading import load_model
 
     say = progress or (lambda _msg: None)
-    unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or not precisions:
-        raise InputError(f"--precision {','.join(unknown) or '(none)'}: choose from {', '.join(PRECISIONS)}")
+    wanted = [Precision.parse(p, allowed=DEPLOY_PRECISIONS) for p in precisions]
+    if not wanted:
+        raise InputError(f"--precision: choose from {', '.join(DEPLOY_PRECISIONS)}")
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"--out {folder}: exists and is not a folder")
+        raise InputError(f"-o/--output {folder}: exists and is not a folder")
     if calibration is not None and not Path(calibration).exists():
         raise InputError(f"--calibration {calibration}: no such file or folder")
-    say(f"loading {os.fspath(model)}")
-    loaded = load_model(model, trust_pickle=trust_pickle, arch=arch, checkpoint_key=checkpoint_key)
     stem = name or _stem(loaded.path)
     with _output_folder(folder):
         report = DeployReport(os.fspath(folder), spec.to_dict())
@@ -140,13 +147,13 @@ def deploy(
         say("step 1: export to ONNX and validate against PyTorch")
         fp32 = folder / f"{stem}.onnx"
         exported = export_onnx(loaded, fp32, spec, progress=say)
-        onnx_files: dict[str, tuple[Path, str]] = {"fp32": (fp32, _verdict(exported.validation))}
+        onnx_files: dict[Precision, tuple[Path, Verdict]] = {Precision.FP32: (fp32, _verdict(exported.validation))}
 
-        for precision in (p for p in precisions if p != "fp32"):
+        for precision in (p for p in wanted if p != Precision.FP32):
             say(f"step 2: convert to {precision}")
             onnx_files.update(_convert(fp32, folder / f"{stem}.{precision}.onnx", precision, loaded, calibration, report, say))
 
-        engines = _build_engines(onnx_files, folder, stem, list(precisions), report, say)
+        engines = _build_engines(onnx_files, folder, stem, wanted, report, say)
 
         say("step 4: benchmark every artifact")
         report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, report, say)
@@ -154,7 +161,7 @@ def deploy(
         if package:
             say("step 5: package for Triton")
             _package(report, folder / "triton", stem, say)
-        write_text_atomic(folder / "deploy.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        write_text_atomic(folder / "deploy.json", dumps(report) + "\n")
     return report
 
 
@@ -181,27 +188,34 @@ def _stem(path: Path) -> str:
 
 
 def _convert(
-    fp32: Path, out: Path, precision: str, loaded: Any, calibration: Any, report: DeployReport, say: Progress
-) -> dict[str, tuple[Path, str]]:
+    fp32: Path, out: Path, precision: Precision, loaded: Any, calibration: Any, report: DeployReport, say: Progress
+) -> dict[Precision, tuple[Path, Verdict]]:
     from wconv_deploy.exporters.precision import convert_onnx
 
     try:
         converted = convert_onnx(fp32, out, precision, reference=loaded, calibration=calibration, progress=say)
     except MismatchError as e:
-        report.rows.append(DeployRow(out.name, precision, "-", "FAILED (not written)", note=first_line(e)))
+        report.rows.append(
+            DeployRow(out.name, precision, "-", Verdict(Status.FAILED, "FAILED (not written)"), note=first_line(e))
+        )
         return {}
-    if precision == "int8" and calibration is None:
+    if precision == Precision.INT8 and calibration is None:
         report.notes.append("int8 was calibrated on seeded normal inputs: pass --calibration with real inputs")
-    return {precision: (out, _verdict(converted.validation) + _task(converted.task))}
+    return {precision: (out, _verdict(converted.validation, converted.task))}
 
 
 def _build_engines(
-    onnx_files: dict[str, tuple[Path, str]], folder: Path, stem: str, precisions: list[str], report: DeployReport, say: Progress
-) -> dict[str, Path]:
+    onnx_files: dict[Precision, tuple[Path, Verdict]],
+    folder: Path,
+    stem: str,
+    precisions: list[Precision],
+    report: DeployReport,
+    say: Progress,
+) -> dict[Precision, Path]:
     """TensorRT engines from each variant, when TensorRT and a GPU are here (else one note)."""
-    from wconv_deploy.runtimes.tensorrt import unavailable_reason
+    from wconv_deploy.runtimes import unavailable_reason
 
-    reason = unavailable_reason()
+    reason = unavailable_reason("trt")
     if reason is not None:
         report.notes.append(f"no TensorRT engines: {reason}")
         return {}
@@ -214,7 +228,7 @@ def _build_engines(
         say(f"step 3: build a {precision} TensorRT engine")
         plan = folder / f"{stem}.{precision}.plan"
         try:
-            build_engine(onnx_path, plan, precision, strongly_typed=precision != "fp32", progress=say)
+            build_engine(onnx_path, plan, precision, strongly_typed=precision != Precision.FP32, progress=say)
         except InputError as e:
             report.notes.append(f"{precision} engine not built: {first_line(e)}")
             continue
@@ -225,8 +239,8 @@ def _build_engines(
 def _bench(
     module: Any,
     spec: InputSpec,
-    onnx_files: dict[str, tuple[Path, str]],
-    engines: dict[str, Path],
+    onnx_files: dict[Precision, tuple[Path, Verdict]],
+    engines: dict[Precision, Path],
     duration_s: float,
     report: DeployReport,
     say: Progress,
@@ -241,7 +255,14 @@ def _bench(
     rows = list(report.rows)
     eager = median(["torch"])["torch"]
     rows.insert(
-        0, DeployRow("PyTorch (training form)", "fp32", "torch", "reference", eager if isinstance(eager, float) else None)
+        0,
+        DeployRow(
+            "PyTorch (training form)",
+            Precision.FP32,
+            "torch",
+            Verdict(Status.SKIPPED, "reference"),
+            eager if isinstance(eager, float) else None,
+        ),
     )
     onnx_runtimes = [r for r in ("ort-cpu", "ort-cuda", "openvino") if unavailable_reason(r) is None]
     for precision, (path, verdict) in onnx_files.items():
@@ -261,19 +282,18 @@ def _bench(
 def _package(report: DeployReport, repo: Path, stem: str, say: Progress) -> None:
     """One Triton model per artifact that passed validation: NAME_PRECISION (ONNX Runtime) and
     NAME_trt_PRECISION (TensorRT)."""
-    from wconv_deploy.ship.triton import import_model_config, package
+    from wconv_deploy.ship.package import package
 
-    try:
-        import_model_config()
-    except InputError as e:  # the serve extra is optional: say so instead of failing the run
-        report.notes.append(f"not packaged for Triton: {first_line(e)}")
+    reason = missing("tritonclient.grpc", "serve")
+    if reason:  # the serve extra is optional: say so instead of failing the run
+        report.notes.append(f"not packaged for Triton: {reason}")
         return
     done: dict[str, str] = {}
     for row in report.rows:
         if row.file in done:  # the same file timed on another runtime
             row.triton_model = done[row.file]
             continue
-        if not row.file or not row.validation.startswith("pass"):
+        if not row.file or row.validation.status != Status.OK:
             continue
         engine = row.file.endswith(".plan")
         model_name = f"{stem}_trt_{row.precision}" if engine else f"{stem}_{row.precision}"

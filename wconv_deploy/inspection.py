@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from wconv_deploy.errors import WconvError
 from wconv_deploy.fold import FoldReport, WeightedLayer, find_weighted, fold
 from wconv_deploy.loading import LoadedModel
+from wconv_deploy.reports import Report
 from wconv_deploy.table import format_table
 
 __all__ = ["Inspection", "inspect_model"]
@@ -24,8 +25,10 @@ _FORMAT_NAMES = {
 
 
 @dataclass
-class Inspection:
+class Inspection(Report):
     """The facts ``wconv-deploy inspect`` prints, as data (``to_dict``) or a table (``render``)."""
+
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("folds_cleanly",)
 
     path: str
     format: str
@@ -34,28 +37,13 @@ class Inspection:
     notes: list[str]
     parameters: int
     trainable_parameters: int
-    layers: list[WeightedLayer] = field(default_factory=list)
+    weighted_layers: list[WeightedLayer] = field(default_factory=list)
     fold: FoldReport | None = None
     fold_error: WconvError | None = None  # why folding failed, when it did
 
     @property
     def folds_cleanly(self) -> bool:
         return self.fold is not None and self.fold.clean
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "format": self.format,
-            "sha256": self.sha256,
-            "checkpoint_key": self.checkpoint_key,
-            "notes": self.notes,
-            "parameters": self.parameters,
-            "trainable_parameters": self.trainable_parameters,
-            "weighted_layers": [ly.to_dict() for ly in self.layers],
-            "folds_cleanly": self.folds_cleanly,
-            "fold": self.fold.to_dict() if self.fold else None,
-            "fold_error": str(self.fold_error) if self.fold_error else None,
-        }
 
     def render(self) -> str:
         fmt = _FORMAT_NAMES.get(self.format, self.format)
@@ -68,7 +56,7 @@ class Inspection:
             f"parameters  {self.parameters:,} ({self.trainable_parameters:,} trainable)",
         ]
         lines += [f"note        {n}" for n in self.notes]
-        if self.layers:
+        if self.weighted_layers:
             rows = [
                 [
                     ly.name,
@@ -82,7 +70,7 @@ class Inspection:
                     _fmt(ly.groups),
                     ly.cls,
                 ]
-                for ly in self.layers
+                for ly in self.weighted_layers
             ]
             lines.append("")
             lines.append(
@@ -136,7 +124,7 @@ def inspect_model(loaded: LoadedModel, *, fold_bn: bool = True) -> Inspection:
         notes=list(loaded.notes),
         parameters=sum(p.numel() for p in params),
         trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
-        layers=find_weighted(model),
+        weighted_layers=find_weighted(model),
         fold=report,
         fold_error=error,
     )

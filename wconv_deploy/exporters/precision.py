@@ -14,49 +14,49 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from wconv_deploy._optional import require
+from wconv_deploy.artifacts import (
+    KEY_KEEP_FP32,
+    KEY_PRECISION,
+    KEY_SOURCE,
+    KEY_SOURCE_SHA256,
+    OnnxInfo,
+    read_onnx,
+    set_metadata,
+    write_onnx,
+)
 from wconv_deploy.errors import InputError, MismatchError
+from wconv_deploy.precision import Precision
+from wconv_deploy.reports import Report, dumps
 from wconv_deploy.spec import InputSpec
-from wconv_deploy.validate import ValidationReport, load_inputs, random_inputs, spec_from_onnx, validate
+from wconv_deploy.validate import ValidationReport, load_inputs, random_inputs, validate
 
-PRECISIONS = ("fp16", "int8")
+#: What convert makes (fp32 is what export writes).
+CONVERTIBLE = (Precision.FP16, Precision.INT8)
 #: int8 activation-range calibration (onnxruntime.quantization.CalibrationMethod names).
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-#: Default (atol, rtol) per precision: fp16 keeps ~3 significant digits, int8 ~2 (per-channel
-#: weights, per-tensor activations); see docs/BENCHMARKS.md for the errors measured on the zoo.
-TOLERANCES = {"fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 
 Progress = Callable[[str], None]
 
 
 @dataclass
-class ConvertReport:
+class ConvertReport(Report):
     """The variant written, how it was made, and how far it is from fp32 PyTorch."""
 
     output: str
-    precision: str
+    precision: Precision
     keep_fp32: list[str]
     calibration: str | None
     validation: ValidationReport | None = None
     task: dict[str, float] = field(default_factory=dict)
     layers: list[LayerError] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "output": self.output,
-            "precision": self.precision,
-            "keep_fp32": self.keep_fp32,
-            "calibration": self.calibration,
-            "validation": self.validation.to_dict() if self.validation else None,
-            "task": self.task,
-            "layers": [ly.to_dict() for ly in self.layers],
-        }
 
     def render(self) -> str:
         lines = [f"{self.precision} variant: {self.output}"]
@@ -74,9 +74,9 @@ class ConvertReport:
 
 
 def _calibration_reader(cases: list[tuple[str, dict[str, np.ndarray]]]) -> Any:
-    from onnxruntime.quantization import CalibrationDataReader
+    quantization = require("onnxruntime.quantization", "cpu")
 
-    class Reader(CalibrationDataReader):
+    class Reader(quantization.CalibrationDataReader):  # type: ignore[name-defined,misc]
         def __init__(self) -> None:
             self._it: Iterator[dict[str, np.ndarray]] = iter([feeds for _, feeds in cases])
 
@@ -106,7 +106,7 @@ def _node_names(model: onnx.ModelProto, wanted: Sequence[str], reference: Any) -
 def convert_onnx(
     onnx_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    precision: str,
+    precision: str | Precision,
     *,
     reference: Any = None,
     calibration: str | os.PathLike[str] | None = None,
@@ -126,38 +126,33 @@ def convert_onnx(
 
     Raises InputError for bad input and MismatchError when validation fails (nothing written).
     """
-    from wconv_deploy.artifacts import read_onnx
-    from wconv_deploy.exporters.onnx import report_json
     from wconv_deploy.fileio import atomic_output, regular_file, write_text_atomic
-    from wconv_deploy.runtimes.onnxruntime import import_ort
 
     say = progress or (lambda _msg: None)
-    import_ort()  # the converters and the validation are ONNX Runtime's: a missing one is one line
+    require("onnxruntime", "cpu")  # the converters and the validation are ONNX Runtime's: a missing one is one line
     if calibration_method not in CALIBRATION_METHODS:
         raise InputError(f"--calibration-method {calibration_method!r}: choose {', '.join(CALIBRATION_METHODS)}")
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision {precision!r}: choose {' or '.join(PRECISIONS)}")
+    precision = Precision.parse(precision, allowed=CONVERTIBLE)
     src = regular_file(onnx_path)
     model = read_onnx(src, load_external_data=True)
-    spec = spec_from_onnx(src, model)
+    spec = OnnxInfo.of(model, src).spec
     reference = reference if reference is not None else _reference_from_metadata(model)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError(f"-o {out}: folder {out.parent} does not exist")
-    a, r = TOLERANCES[precision]
+    a, r = precision.tolerance
     atol, rtol = (a if atol is None else atol), (r if rtol is None else rtol)
     report = ConvertReport(os.fspath(out), precision, keep, None)
     with tempfile.TemporaryDirectory(prefix=".wconv-convert-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
-        if precision == "fp16":
+        if precision == Precision.FP16:
             say("converting to fp16 (inputs and outputs stay fp32)")
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
-            variant = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
+            float16 = require("onnxruntime.transformers.float16", "cpu")
+            variant = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
             _toposort(variant.graph)
             _stamp(variant, precision, keep)
-            onnx.save(variant, os.fspath(staged))
+            write_onnx(variant, staged)
         else:
             cases = load_inputs(calibration, spec) if calibration is not None else random_inputs(spec, seed)
             report.calibration = (
@@ -165,15 +160,15 @@ def convert_onnx(
             )
             say(f"quantising to int8 (QDQ, per-channel weights), calibrating on {len(cases)} input set(s)")
             _quantize(src, staged, cases, keep, calibration_method)
-            variant = onnx.load(os.fspath(staged))
+            variant = read_onnx(staged)
             _stamp(variant, precision, keep)
-            onnx.save(variant, os.fspath(staged))
+            write_onnx(variant, staged)
         onnx.checker.check_model(os.fspath(staged), full_check=True)
         if reference is None:
             raise InputError("pass --reference MODEL: the fp32 PyTorch model the variant must match")
         say("validating against fp32 PyTorch")
         # int8 calibrated on real data clips inputs unlike it (seeded normals): validate on real data
-        real_only = precision == "int8" and calibration is not None
+        real_only = precision == Precision.INT8 and calibration is not None
         check_on = inputs if inputs is not None or not real_only else calibration
         report.validation = validate(
             staged, reference, spec, inputs=check_on, random=not real_only, atol=atol, rtol=rtol, seed=seed
@@ -185,35 +180,35 @@ def convert_onnx(
             feeds = _photo_feeds(spec) or random_inputs(spec, seed)[0][1]
             report.layers = layer_errors(src, staged, reference, feeds)
         if not report.validation.passed:
-            write_text_atomic(out.with_name(out.name + ".report.json"), report_json(report.to_dict()))
+            write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
             raise MismatchError(
                 f"the {precision} variant is outside atol={atol:g} rtol={rtol:g} of fp32 PyTorch (see above); "
                 f"{out} not written, try --per-layer and --keep-fp32",
-                report.render(),
+                report,
             )
         with atomic_output(out) as final:
             os.replace(staged, final)
-    write_text_atomic(out.with_name(out.name + ".report.json"), report_json(report.to_dict()))
+    write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
     return report
 
 
 def _quantize(src: Path, dst: Path, cases: list[tuple[str, dict[str, np.ndarray]]], keep: list[str], method: str) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    q = require("onnxruntime.quantization", "cpu")
+    shape_inference = require("onnxruntime.quantization.shape_inference", "cpu")
 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
-        quantize_static(
+        shape_inference.quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+        q.quantize_static(
             os.fspath(pre),
             os.fspath(dst),
             _calibration_reader(cases),
-            quant_format=QuantFormat.QDQ,
+            quant_format=q.QuantFormat.QDQ,
             per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
+            activation_type=q.QuantType.QInt8,
             nodes_to_exclude=keep,
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+            calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[method]),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
 
@@ -235,10 +230,8 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def _stamp(model: onnx.ModelProto, precision: str, keep: list[str]) -> None:
-    from wconv_deploy.exporters.onnx import update_metadata
-
-    update_metadata(model, {"wconv_deploy.precision": precision, "wconv_deploy.keep_fp32": json.dumps(keep)})
+def _stamp(model: onnx.ModelProto, precision: Precision, keep: list[str]) -> None:
+    set_metadata(model, {KEY_PRECISION: precision.value, KEY_KEEP_FP32: json.dumps(keep)})
 
 
 def _reference_from_metadata(model: onnx.ModelProto) -> Any:
@@ -246,12 +239,12 @@ def _reference_from_metadata(model: onnx.ModelProto) -> Any:
     from wconv_deploy.artifacts import wconv_metadata
 
     props = wconv_metadata(model)
-    source = props.get("wconv_deploy.source", "")
+    source = props.get(KEY_SOURCE, "")
     if source.startswith("zoo:"):
         from wconv_deploy.loading import load_model
 
         loaded = load_model(source)
-        if loaded.sha256 == props.get("wconv_deploy.source_sha256"):
+        if loaded.sha256 == props.get(KEY_SOURCE_SHA256):
             return loaded
     return None
 
@@ -321,9 +314,6 @@ class LayerError:
     weight_qerr: float
     outer_qerr: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def _int8_weight_error(w: np.ndarray) -> tuple[float, float | None]:
     """Relative L2 error of symmetric per-output-channel int8 weights, over all taps and over the
@@ -377,11 +367,11 @@ def layer_errors(
     The PyTorch side is the reference folded and BatchNorm-fused as the export did it (``fold`` proves
     the folded model equals the trained one), so each ONNX Conv has one PyTorch conv to match.
     """
-    import onnxruntime as ort
     import torch
 
-    from wconv_deploy.artifacts import read_onnx
     from wconv_deploy.fold import fold
+
+    ort = require("onnxruntime", "cpu")
 
     base = read_onnx(fp32_onnx, load_external_data=True)
     module = getattr(reference, "model", reference)
@@ -405,7 +395,7 @@ def layer_errors(
         for h in hooks:
             h.remove()
 
-    variant = onnx.load(os.fspath(variant_onnx))
+    variant = read_onnx(variant_onnx)
     typed = onnx.shape_inference.infer_shapes(variant)
     elem = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.output]}
     by_name = {n.name: n for n in variant.graph.node}
