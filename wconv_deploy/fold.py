@@ -14,16 +14,17 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from wconv_deploy.errors import InputError, MismatchError, first_line
+from wconv_deploy.forward import outputs_of
 from wconv_deploy.loading import LoadedModel
 from wconv_deploy.nn import WeightedConvNd, phi_from_den
-from wconv_deploy.runtimes.base import outputs_of
+from wconv_deploy.reports import Report
 from wconv_deploy.table import format_table
 
 __all__ = ["FoldReport", "FoldResult", "WeightedLayer", "find_weighted", "fold", "relative_error"]
@@ -61,9 +62,6 @@ class WeightedLayer:
     bias: bool
     mask_shape: tuple[int, ...] | None = None  # shape of Phi; differs from kernel when den does not fit
     problem: str | None = None  # why it cannot be folded, if it cannot
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _tensors(module: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -167,16 +165,21 @@ class FusedBatchNorm:
 
 @dataclass
 class ModelCheck:
-    """The whole-model comparison: inputs used and the worst relative error over outputs."""
+    """The whole-model comparison: inputs used, the worst relative error over outputs, and how
+    many times the folded model's forward pass called an ``nn.Conv1d/2d/3d`` (shared layers count
+    per call; the exported graph must hold as many Conv nodes)."""
 
     inputs: list[list[int]]
     rel_error: float | None
     skipped: str | None = None
+    conv_calls: int | None = None
 
 
 @dataclass
-class FoldReport:
+class FoldReport(Report):
     """What :func:`fold` did: each layer folded (with its check), what it left alone and why."""
+
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("clean",)
 
     folded: list[WeightedLayer] = field(default_factory=list)
     layer_errors: dict[str, float] = field(default_factory=dict)
@@ -190,9 +193,6 @@ class FoldReport:
     def clean(self) -> bool:
         """Every weighted layer was folded here (not deferred, none left behind)."""
         return not self.not_folded and self.deferred is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "clean": self.clean}
 
     def render(self) -> str:
         lines = []
@@ -254,7 +254,12 @@ def relative_error(actual: Tensor, expected: Tensor) -> float:
 
 def _check_finite(model: nn.Module) -> None:
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not t.is_floating_point() or not t.numel():
+            continue
+        wide = t if t.element_size() > 1 else t.float()  # float8 has no min/max kernel
+        with torch.no_grad():  # min and max propagate NaN: finite iff both are (one pass, no mask tensor)
+            finite = all(bool(torch.isfinite(v)) for v in wide.aminmax())
+        if not finite:
             bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
             raise InputError(f"{name} contains {bad} values; refusing to fold a model with non-finite weights")
 
@@ -270,7 +275,7 @@ def _probe_input(conv: nn.modules.conv._ConvNd, gen: torch.Generator) -> Tensor:
 def _as_conv(layer: WeightedLayer, module: nn.Module) -> nn.modules.conv._ConvNd:
     """The ``nn.ConvNd`` equal to a weighted ``module``: same hyperparameters, weight * Phi."""
     weight = cast(Tensor, module.weight)
-    conv = _CONV[layer.dims](
+    conv = _CONV[layer.dims](  # on the meta device: no random init of the tensors replaced below
         layer.in_channels,
         layer.out_channels,
         layer.kernel,  # type: ignore[arg-type]  # nn.ConvNd accepts a tuple
@@ -279,13 +284,18 @@ def _as_conv(layer: WeightedLayer, module: nn.Module) -> nn.modules.conv._ConvNd
         dilation=layer.dilation,
         groups=layer.groups,
         bias=layer.bias,
-        device=weight.device,
+        device="meta",
         dtype=weight.dtype,
     )
     with torch.no_grad():
-        conv.weight.copy_(weight * _phi_of(module, layer.dims))
+        tensors = {"weight": weight * _phi_of(module, layer.dims)}
         if conv.bias is not None:
-            conv.bias.copy_(cast(Tensor, module.bias))
+            tensors["bias"] = cast(Tensor, module.bias).clone()
+        for name, value in tensors.items():
+            shape = getattr(conv, name).shape
+            if value.shape != shape:
+                raise ValueError(f"its {name} is {list(value.shape)}, a convolution with its attributes takes {list(shape)}")
+            setattr(conv, name, nn.Parameter(value.to(weight.dtype).contiguous()))
     conv.train(module.training)
     return conv
 
@@ -297,8 +307,11 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _fold_weighted(model: nn.Module, report: FoldReport, gen: torch.Generator) -> nn.Module:
-    """Replace the weighted layers of ``model`` in place; returns the model (the new conv if the
-    model itself is a weighted layer)."""
+    """A copy of ``model`` whose weighted layers are ordinary convolutions (the new conv if the
+    model itself is a weighted layer). Each conv is built from the original layer and checked
+    against it; the copy takes the conv wherever the layer sits and never copies the weights the
+    conv replaces."""
+    replaced: dict[int, Any] = {}  # id(weighted layer) -> its conv: deepcopy's memo
     for layer in find_weighted(model):
         if layer.problem is not None:
             report.not_folded.append(layer)
@@ -316,15 +329,10 @@ def _fold_weighted(model: nn.Module, report: FoldReport, gen: torch.Generator) -
         tol = LAYER_TOL.get(conv.weight.dtype, 1e-6)
         if not err <= tol:
             raise MismatchError(f"folding {layer.name} changed its output: rel error {err:.2e} > {tol:.0e}")
-        if not layer.name:  # the model itself is the weighted layer
-            model = conv
-        else:  # every place the module sits (named_modules lists a shared module once)
-            for alias, m in list(model.named_modules(remove_duplicate=False)):
-                if m is module:
-                    _set_submodule(model, alias, conv)
+        replaced[id(module)] = conv
         report.folded.append(layer)
         report.layer_errors[layer.name] = err
-    return model
+    return copy.deepcopy(model, replaced)
 
 
 # --------------------------------------------------------------------------- Conv + BatchNorm
@@ -442,7 +450,7 @@ def _check_model(
                     None,
                     skipped=f"a guessed input {shapes} does not fit the model ({type(e).__name__}); pass example_inputs",
                 )
-            actual = outputs_of(folded(*probe))
+            actual, conv_calls = _forward_counting_convs(folded, probe)
     finally:
         for m, mode in modes:  # per module: a model may mix train and eval submodules
             m.training = mode
@@ -451,7 +459,24 @@ def _check_model(
         raise MismatchError(
             f"the folded model's output differs from the original's: rel error {err:.2e} > {tol:.0e} on inputs {shapes}"
         )
-    return ModelCheck(shapes, err)
+    return ModelCheck(shapes, err, conv_calls=conv_calls)
+
+
+def _forward_counting_convs(model: nn.Module, inputs: Sequence[Tensor]) -> tuple[list[Tensor], int]:
+    """The outputs of ``model(*inputs)`` and how many times it called an ``nn.Conv1d/2d/3d``."""
+    calls = 0
+
+    def hook(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in _CONV.values()]
+    try:
+        outputs = outputs_of(model(*inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs, calls
 
 
 _GRAPH_ONLY_DEFERRED = "TorchScript and torch.export (.pt2) models are folded on their exported graph at export time"
@@ -487,8 +512,7 @@ def fold(
         if layer.mask_shape is not None and layer.mask_shape != layer.kernel:
             raise InputError(f"{layer.name}: {layer.problem}")
     gen = torch.Generator().manual_seed(seed)
-    folded = copy.deepcopy(model)
-    folded = _fold_weighted(folded, report, gen)
+    folded = _fold_weighted(model, report, gen)
     if fold_bn:
         _fold_batchnorm(folded, report, gen)
     dtype = next((p.dtype for p in folded.parameters()), torch.float32)

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import os
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 from torch import nn
 
 from wconv_deploy.errors import InputError, MismatchError, first_line
 from wconv_deploy.fileio import open_regular
+from wconv_deploy.reports import Report
 from wconv_deploy.runtimes.base import Runtime
 from wconv_deploy.spec import InputSpec, input_limit_bytes
 from wconv_deploy.table import format_table
@@ -59,6 +60,8 @@ class OutputMetrics:
 class CaseResult:
     """One set of inputs (e.g. ``random #0`` at one shape) and its outputs' metrics."""
 
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("passed",)
+
     label: str
     shapes: dict[str, list[int]]
     outputs: list[OutputMetrics]
@@ -69,8 +72,10 @@ class CaseResult:
 
 
 @dataclass
-class ValidationReport:
+class ValidationReport(Report):
     """Every input set run through the artifact and the reference, and the verdict."""
+
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("passed", "worst")
 
     artifact: str
     runtime: str
@@ -97,12 +102,6 @@ class ValidationReport:
             "needed_atol": max(o.needed_atol for o in outs),
             "needed_rtol": max(o.needed_rtol for o in outs),
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for case, c in zip(d["cases"], self.cases):
-            case["passed"] = c.passed
-        return {**d, "passed": self.passed, "worst": self.worst}
 
     def render(self) -> str:
         rows = [
@@ -137,9 +136,7 @@ class ValidationReport:
     def raise_for_failure(self) -> None:
         """Raise :class:`MismatchError` (exit 1, with the table) unless every output passed."""
         if not self.passed:
-            raise MismatchError(
-                f"{self.artifact} does not compute what the PyTorch model computes (see the table above)", self.render()
-            )
+            raise MismatchError(f"{self.artifact} does not compute what the PyTorch model computes (see the report above)", self)
 
 
 def _ceil(x: float) -> str:
@@ -374,12 +371,6 @@ def spec_from_onnx(onnx_path: str | os.PathLike[str], model: Any = None) -> Inpu
 
 def spec_from_model(model: Any, where: str) -> InputSpec | None:
     """The input spec stored in a loaded ONNX model's metadata, or None if it has none."""
-    from wconv_deploy.artifacts import json_metadata
+    from wconv_deploy.artifacts import stored_spec
 
-    data = json_metadata(model, "input_spec", where)
-    if data is None:
-        return None
-    try:
-        return InputSpec.from_dict(data)
-    except InputError as e:
-        raise InputError(f"{where}: its wconv-deploy input spec is broken: {e}") from None
+    return stored_spec(model, where)

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -34,6 +34,7 @@ from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
 from wconv_deploy.interrupts import raise_if_interrupted
 from wconv_deploy.loading import LoadedModel, load_model
+from wconv_deploy.reports import Report, dumps
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL, ValidationReport, validate
 
@@ -50,6 +51,8 @@ Progress = Callable[[str], None]
 class GraphCheck:
     """The structural checks run on every exported graph (see :func:`check_graph`)."""
 
+    JSON_EXTRA: ClassVar[tuple[str, ...]] = ("passed",)
+
     ops: dict[str, int]
     conv_nodes: int
     expected_convs: int | None
@@ -61,7 +64,7 @@ class GraphCheck:
 
 
 @dataclass
-class ExportReport:
+class ExportReport(Report):
     """What ``export_onnx`` did: the file, the fold, the graph checks and the validation."""
 
     output: str
@@ -76,28 +79,6 @@ class ExportReport:
     size_bytes: int = 0
     external_data: bool = False
     validation: ValidationReport | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "output": self.output,
-            "source": self.source,
-            "source_sha256": self.source_sha256,
-            "input_spec": self.input_spec.to_dict(),
-            "opset": self.opset,
-            "exporter": self.exporter,
-            "fold": self.fold.to_dict(),
-            "graph_folded_nodes": self.graph_folded_nodes,
-            "graph": {
-                "ops": self.graph.ops,
-                "conv_nodes": self.graph.conv_nodes,
-                "expected_convs": self.graph.expected_convs,
-                "problems": self.graph.problems,
-                "passed": self.graph.passed,
-            },
-            "size_bytes": self.size_bytes,
-            "external_data": self.external_data,
-            "validation": self.validation.to_dict() if self.validation else None,
-        }
 
     def render(self) -> str:
         folded = len(self.fold.folded)
@@ -144,13 +125,20 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     known = _constant_names(graph)
-    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name in known}
+    stored = {t.name: t for t in graph.initializer if t.name in known}
+    values: dict[str, np.ndarray] = {}  # converted when a node that folds reads them, not all up front
+
+    def value(name: str) -> np.ndarray:
+        if name not in values:
+            values[name] = numpy_helper.to_array(stored[name])
+        return values[name]
+
     opsets = list(model.opset_import)
     folded = 0
     keep = []
     for node in graph.node:
         ins = [i for i in node.input if i]
-        if node.domain not in ("", "ai.onnx") or any(i not in values for i in ins) or node.op_type in ("If", "Loop", "Scan"):
+        if node.domain not in ("", "ai.onnx") or any(i not in known for i in ins) or node.op_type in ("If", "Loop", "Scan"):
             keep.append(node)
             continue
         sub = onnx.helper.make_model(
@@ -163,47 +151,52 @@ def fold_constants(model: onnx.ModelProto) -> int:
             opset_imports=opsets,
         )
         try:
-            results = ReferenceEvaluator(sub).run(None, {i: values[i] for i in ins})
+            results = ReferenceEvaluator(sub).run(None, {i: value(i) for i in ins})
         except Exception:  # an op the reference evaluator cannot run stays in the graph
             keep.append(node)
             continue
-        for name, value in zip([o for o in node.output if o], results):
-            values[name] = np.asarray(value)
-            graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        for name, result in zip([o for o in node.output if o], results):
+            values[name] = np.asarray(result)
+            known.add(name)
+            graph.initializer.append(numpy_helper.from_array(values[name], name))
         folded += 1
-    del graph.node[:]
-    graph.node.extend(keep)
+    if folded:
+        del graph.node[:]
+        graph.node.extend(keep)
     _drop_unused_initializers(graph)
     return folded
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in used]
+    unused = {t.name for t in graph.initializer} - used
+    if not unused:
+        return  # the (large) repeated field is not rebuilt for nothing
+    kept = [t for t in graph.initializer if t.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    names = {t.name for t in kept}
-    vi = [v for v in graph.value_info if v.name not in names or v.name in used]
+    vi = [v for v in graph.value_info if v.name not in unused]
     del graph.value_info[:]
     graph.value_info.extend(vi)
 
 
-def check_graph(model: onnx.ModelProto, expected_convs: int | None) -> GraphCheck:
+def check_graph(model: onnx.ModelProto, expected_convs: int | None, serialized: bytes | None = None) -> GraphCheck:
     """The structural checks every exported graph must pass.
 
-    The full ONNX checker and strict shape inference; every Conv/ConvTranspose weight and bias
-    an initializer (no node computes a weight); as many Conv nodes as the folded model has conv
-    layer calls (``expected_convs``; ``None`` skips that count).
+    The full ONNX checker (strict, type-checking shape inference included); every
+    Conv/ConvTranspose weight and bias an initializer (no node computes a weight); as many Conv
+    nodes as the folded model has conv layer calls (``expected_convs``; ``None`` skips that
+    count). ``serialized``: the model's bytes when the caller already has them, so that the model
+    is serialised once; the checker parses them in C++ and returns nothing, where a separate
+    ``infer_shapes`` call would send the whole model back to Python.
     """
     problems = []
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:  # ValidationError, InferenceError
-        problems.append(f"onnx checker: {first_line(e)}")
-    try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as e:
+        onnx.checker.check_model(serialized if serialized is not None else model, full_check=True)
+    except onnx.shape_inference.InferenceError as e:  # the checker passed; shape inference did not
         problems.append(f"shape inference: {first_line(e)}")
+    except Exception as e:  # ValidationError; ValueError past protobuf's 2 GiB
+        problems.append(f"onnx checker: {first_line(e)}")
     graph = model.graph
     producers = {o: n for n in graph.node for o in n.output}
     constants = _constant_names(graph)
@@ -230,25 +223,6 @@ def _check_accepts(model: nn.Module, args: list[torch.Tensor]) -> None:
     except Exception as e:
         shapes = [list(a.shape) for a in args]
         raise InputError(f"the model rejects inputs {shapes}: {type(e).__name__}: {first_line(e)}") from None
-
-
-def _count_conv_calls(model: nn.Module, args: list[torch.Tensor]) -> int:
-    """How many times a forward pass calls an ``nn.Conv1d/2d/3d`` (shared layers count per call)."""
-    calls = 0
-
-    def hook(*_: Any) -> None:
-        nonlocal calls
-        calls += 1
-
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if type(m) in convs]
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
 
 
 def _count_graph_convs(loaded: LoadedModel) -> int | None:
@@ -288,34 +262,34 @@ def _quiet() -> Iterator[None]:
 EXPORTERS = ("dynamo", "torchscript")
 
 
-def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, exporter: str) -> str:
+def _torch_export(model: nn.Module, spec: InputSpec, opset: int, scratch: Path, exporter: str) -> tuple[onnx.ModelProto, str]:
+    """The exported graph and the exporter's name. The dynamo exporter's graph stays in memory;
+    the TorchScript exporter writes ``scratch`` (and any external data beside it), read back."""
     args = tuple(spec.example_inputs(spec.export_shapes()))
     try:
         with _quiet():
-            if exporter == "torchscript":
-                torch.onnx.export(
+            if exporter == "dynamo":
+                program = torch.onnx.export(
                     model,
                     args,
-                    os.fspath(out),
-                    dynamo=False,
+                    dynamo=True,
                     input_names=spec.names,
-                    dynamic_axes=spec.legacy_dynamic_axes(),
+                    dynamic_shapes=spec.torch_dynamic_shapes() if spec.dynamic_axes else None,
                     opset_version=opset,
-                    do_constant_folding=True,
+                    verbose=False,
                 )
-                return "torch.onnx (TorchScript)"
-            program = torch.onnx.export(
+                assert program is not None
+                return program.model_proto, "torch.onnx (dynamo)"
+            torch.onnx.export(
                 model,
                 args,
-                dynamo=True,
+                os.fspath(scratch),
+                dynamo=False,
                 input_names=spec.names,
-                dynamic_shapes=spec.torch_dynamic_shapes() if spec.dynamic_axes else None,
+                dynamic_axes=spec.legacy_dynamic_axes(),
                 opset_version=opset,
-                verbose=False,
+                do_constant_folding=True,
             )
-            assert program is not None
-            onnx.save(program.model_proto, os.fspath(out), save_as_external_data=False)
-            return "torch.onnx (dynamo)"
     except WconvError:
         raise
     except Exception as e:  # torch.export/onnxscript raise many types; all mean "this model did not export"
@@ -326,6 +300,7 @@ def _torch_export(model: nn.Module, spec: InputSpec, opset: int, out: Path, expo
         if isinstance(root, OSError) and root.errno in DISK_FULL:
             raise root from None  # the disk, not the model: the CLI says so in one line
         raise InputError(f"torch.onnx.export failed: {type(root).__name__}: {first_line(root)}") from None
+    return onnx.load(os.fspath(scratch)), "torch.onnx (TorchScript)"
 
 
 def _name_outputs(model: onnx.ModelProto) -> list[str]:
@@ -346,7 +321,7 @@ def _name_outputs(model: onnx.ModelProto) -> list[str]:
 
 
 def _stamp(model: onnx.ModelProto, loaded: LoadedModel | None, spec: InputSpec, fold_report: FoldReport, exporter: str) -> None:
-    from wconv_deploy import __version__
+    from wconv_deploy._version import __version__
 
     fold_summary = {
         "folded": [{"name": ly.name, "kind": ly.kind, "den": ly.den} for ly in fold_report.folded],
@@ -428,19 +403,19 @@ def export_onnx(
     if fold_report.deferred:  # fold() did not run the model; make sure it takes these inputs
         _check_accepts(folded, example)
         expected = _count_graph_convs(loaded) if loaded is not None else None
-    else:
-        expected = _count_conv_calls(folded, example)
+    else:  # fold() ran the folded model on `example` and counted its conv calls
+        assert fold_report.model_check is not None
+        expected = fold_report.model_check.conv_calls
 
     with tempfile.TemporaryDirectory(prefix=".wconv-export-", dir=out.parent) as tmp:
-        raw = Path(tmp) / "raw.onnx"
         say(f"exporting with torch.onnx ({exporter} exporter)")
-        exporter_used = _torch_export(folded, spec, opset, raw, exporter)
-        onnx_model = onnx.load(os.fspath(raw))
+        onnx_model, exporter_used = _torch_export(folded, spec, opset, Path(tmp) / "raw.onnx", exporter)
         say("checking the graph (constant folding, onnx checker, shape inference, conv weights)")
         graph_folded = fold_constants(onnx_model)
         _name_outputs(onnx_model)
         _stamp(onnx_model, loaded, spec, fold_report, exporter_used)
-        graph = check_graph(onnx_model, expected)
+        data = onnx_model.SerializeToString()  # once: the checks read these bytes, the file holds them
+        graph = check_graph(onnx_model, expected, data)
         report = ExportReport(
             output=os.fspath(out),
             source=os.fspath(loaded.path) if loaded else type(module).__name__,
@@ -455,44 +430,27 @@ def export_onnx(
         if not graph.passed:
             raise MismatchError("the exported graph fails its structural checks: " + "; ".join(graph.problems))
         staged = Path(tmp) / out.name
-        report.external_data = onnx_model.ByteSize() > PROTOBUF_LIMIT
-        onnx.save(
-            onnx_model,
-            os.fspath(staged),
-            save_as_external_data=report.external_data,
-            location=out.name + ".data",
-        )
+        report.external_data = len(data) > PROTOBUF_LIMIT
+        if report.external_data:
+            onnx.save(onnx_model, os.fspath(staged), save_as_external_data=True, location=out.name + ".data")
+        else:
+            staged.write_bytes(data)
         if validate_output:
             say(f"validating in onnxruntime against PyTorch ({len(spec.validation_shapes())} input shape(s))")
             reference = loaded if loaded is not None else module
             report.validation = validate(staged, reference, spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed)
             report.validation.artifact = out.name
             if not report.validation.passed:
-                write_text_atomic(_report_path(out), report_json(report.to_dict()))
+                write_text_atomic(_report_path(out), dumps(report))
                 report.validation.raise_for_failure()
         report.size_bytes = staged.stat().st_size
         _publish(staged, out, report.external_data)
-    write_text_atomic(_report_path(out), report_json(report.to_dict()))
+    write_text_atomic(_report_path(out), dumps(report))
     return report
 
 
 def _report_path(out: Path) -> Path:
     return out.with_name(out.name + ".report.json")
-
-
-def report_json(data: Any) -> str:
-    """JSON text for a report dict; infinities (a missing output, a shape mismatch) become strings."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not np.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(data), indent=2)
 
 
 def _check_writable(out: Path) -> None:
