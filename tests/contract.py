@@ -1,29 +1,78 @@
-"""Helpers for the CLI contract, shared by the test modules: in-process invocation, the one-line
-error check, and a deadline for readers that must not block (a FIFO)."""
+"""What the test modules share besides fixtures (those live in conftest.py): the CLI run in this
+process and its one-line error contract, the real console script for the few tests that need a
+process of their own, the tiny models the session catalogue is built from, and a deadline for
+readers that must not block (a FIFO)."""
 
 from __future__ import annotations
 
+import subprocess
+import sysconfig
 import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from click.testing import CliRunner, Result
+from torch import nn
 
 from wconv_deploy.cli import cli
+from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
+
+#: The small zoo denoiser (zoo weights: the same every time); the catalogue's ONNX files come from it.
+DNCNN = "zoo:dncnn?depth=3&width=8"
+
+
+def tiny_cnn() -> nn.Sequential:
+    """A fixed and a trainable weighted layer around BatchNorm and ReLU, 3 -> 2 channels; the
+    same weights on every call (the global random state is left alone)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            WeightedConv2d(3, 4, 3, [0.7]),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            TrainableWeightedConv2d(4, 2, 5, den=[0.2, 0.9], padding=2),
+        ).eval()
 
 
 def invoke(*args: str | Path) -> Result:
-    """``wconv-deploy ARGS`` in this process (stdout and stderr kept apart)."""
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    """``wconv-deploy ARGS`` in this process. stdout and stderr are kept apart and captured at the
+    file descriptors, so what native libraries print counts, as it would in a terminal."""
+    return CliRunner(capture="fd").invoke(cli, [str(a) for a in args], prog_name="wconv-deploy")
 
 
-def assert_one_line_error(result: Result, code: int, *needles: str) -> str:
+def assert_ok(result: Result) -> Result:
+    """The command exited 0; otherwise fail showing its stderr and any traceback it raised."""
+    if result.exit_code != 0:
+        raised = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        raise AssertionError(f"exit {result.exit_code}\n{result.stderr}\n{raised}")
+    return result
+
+
+def console_script(*args: str | Path) -> list[str]:
+    """The argv that runs the installed ``wconv-deploy`` console script, for tests that need a real
+    process (the entry point itself, a payload that must not run, signals)."""
+    return [str(Path(sysconfig.get_path("scripts")) / "wconv-deploy"), *map(str, args)]
+
+
+def run_console_script(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``wconv-deploy ARGS`` as a real process, its output captured."""
+    return subprocess.run(console_script(*args), capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result: Result | subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
     """The command exited ``code`` with exactly one ``error:`` line holding every needle, no traceback."""
-    assert result.exit_code == code, (result.exit_code, result.output)
+    if isinstance(result, subprocess.CompletedProcess):
+        status, everything = result.returncode, result.stdout + result.stderr
+    else:
+        status, everything = result.exit_code, result.output
+        assert isinstance(result.exception, SystemExit), result.exc_info and traceback.format_exception(*result.exc_info)
+    assert status == code, (status, everything)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in everything, everything
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]

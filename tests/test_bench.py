@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import assert_one_line_error, run_cli
 
-from wconv_deploy.bench import BenchReport, BenchRow, error_limit, latency_stats, percentile, run_bench, time_calls
-from wconv_deploy.cli import DEFAULT_BENCH_RUNTIMES
+from tests.contract import DNCNN, assert_ok, assert_one_line_error, invoke
+from wconv_deploy.bench import BenchReport, BenchRow, default_runtimes, latency_stats, percentile, run_bench, time_calls
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.runtimes import RUNTIMES, create_runtime, unavailable_reason
+from wconv_deploy.precision import Precision
+from wconv_deploy.runtimes import create_runtime, names, unavailable_reason
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.zoo import create_model, get_entry
 
-ONNX_RUNTIMES = [name for name, needs in RUNTIMES.items() if needs == "onnx"]
+ONNX_RUNTIMES = names("onnx")
 
 
 def test_statistics_on_known_samples() -> None:
@@ -45,10 +45,10 @@ def test_time_calls_honours_iterations_and_warmup() -> None:
 
 
 def test_error_limits_follow_precision() -> None:
-    assert error_limit("fp32 eager") == 1e-4 and error_limit("bf16") == 5e-2 and error_limit("fp16 compiled") == 5e-2
-    assert BenchRow("x", "cpu", "fp32", 1, max_rel_error=1e-3).wrong
-    assert not BenchRow("x", "cpu", "bf16", 1, max_rel_error=1e-3).wrong
-    assert not BenchRow("x", "cpu", "fp32", 1).wrong  # no reference: nothing to judge
+    assert Precision.FP32.error_limit == 1e-4 and Precision.BF16.error_limit == 5e-2 and Precision.FP16.error_limit == 5e-2
+    assert BenchRow("x", "cpu", Precision.FP32, 1, max_rel_error=1e-3).wrong
+    assert not BenchRow("x", "cpu", Precision.BF16, 1, max_rel_error=1e-3).wrong
+    assert not BenchRow("x", "cpu", Precision.FP32, 1).wrong  # no reference: nothing to judge
 
 
 @pytest.mark.parametrize("name", ["vgg16_cifar", "resnet18_cifar", "dncnn", "nafnet"])
@@ -66,7 +66,7 @@ def test_every_available_runtime_matches_torch_on_zoo_models(tmp_path: Path, nam
         rt = create_runtime(runtime, onnx_path=onnx_path)
         out = rt.run(feeds)[0]
         err = float(abs(out - expected).max() / abs(expected).max())
-        assert err <= error_limit(rt.describe().precision), (runtime, err)
+        assert err <= rt.describe().precision.error_limit, (runtime, err)
         ran.append(runtime)
     assert {"ort-cpu", "openvino"} <= set(ran)  # installed by make test
 
@@ -77,9 +77,9 @@ def test_run_bench_reports_unavailable_runtimes_and_flags_wrong_ones(tmp_path: P
     other = create_model("dncnn", depth=3, width=8).eval()  # different random weights
     spec = InputSpec.parse("1x1x16x16")
     fast = {"warmup_ms": 0, "iterations": 3, "min_duration_s": 0}
-    names = [r for r in RUNTIMES if "compile" not in r]  # torch.compile takes minutes on 2 cores
-    report = run_bench(runtimes=names, spec=spec, model=model, batches=[1, 2], **fast)
-    assert len(report.rows) == 2 * len(names)
+    wanted = [r for r in names() if "compile" not in r]  # torch.compile takes minutes on 2 cores
+    report = run_bench(runtimes=wanted, spec=spec, model=model, batches=[1, 2], **fast)
+    assert len(report.rows) == 2 * len(wanted)
     for row in report.rows:
         if unavailable_reason(row.runtime):
             continue
@@ -101,13 +101,10 @@ def test_run_bench_reports_unavailable_runtimes_and_flags_wrong_ones(tmp_path: P
     assert "WRONG" in wrong.render()
 
 
-def test_static_batch_artifact_fails_its_row_only(tmp_path: Path) -> None:
-    model = create_model("dncnn", depth=3, width=8).eval()
+def test_static_batch_artifact_fails_its_row_only(dncnn_static_onnx: Path) -> None:
     spec = InputSpec.parse("1x1x16x16")
-    onnx_path = tmp_path / "static.onnx"
-    export_onnx(model, onnx_path, spec, exporter="torchscript", validate_output=False)
     report = run_bench(
-        runtimes=["ort-cpu"], spec=spec, onnx_path=onnx_path, batches=[1, 3], warmup_ms=0, iterations=2, min_duration_s=0
+        runtimes=["ort-cpu"], spec=spec, onnx_path=dncnn_static_onnx, batches=[1, 3], warmup_ms=0, iterations=2, min_duration_s=0
     )
     ok, failed = report.rows
     assert ok.stats is not None and failed.unavailable is not None and "batch 3" in failed.unavailable
@@ -124,15 +121,14 @@ def test_plot_needs_measurements(tmp_path: Path) -> None:
 def test_bench_cli_table_json_and_plot(tmp_path: Path) -> None:
     from PIL import Image
 
-    r = run_cli(
-        "bench", "zoo:dncnn?depth=3&width=8", "--batch", "1,2",
+    r = assert_ok(invoke(
+        "bench", DNCNN, "--batch", "1,2",
         "--input-shape", "1x1x16x16", "--warmup-ms", "0", "--iterations", "3", "--min-duration-s", "0",
-        "--json", tmp_path / "b.json", "--plot", tmp_path / "b.png",
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+        "--json-file", tmp_path / "b.json", "--plot", tmp_path / "b.png",
+    ))  # fmt: skip
     assert "device: " in r.stdout and "fastest correct runtime at batch 2" in r.stdout
     data = json.loads((tmp_path / "b.json").read_text())
-    assert {row["runtime"] for row in data["rows"]} == set(DEFAULT_BENCH_RUNTIMES.split(","))
+    assert {row["runtime"] for row in data["rows"]} == set(default_runtimes())
     for row in data["rows"]:  # what cannot run here is reported with its reason, not crashed on
         assert (row["stats"] is None) == (row["unavailable"] is not None), row
         if row["unavailable"]:
@@ -145,13 +141,13 @@ def test_bench_cli_table_json_and_plot(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--runtimes", "torch,tflite"], "unknown runtime(s) tflite"),
+        (["--runtimes", "torch,tflite"], "unknown runtime 'tflite'"),
         (["--batch", "1,x"], "--batch"),
         (["--batch", "0"], "positive"),
     ],
 )
 def test_bench_cli_bad_input(args: list[str], needle: str) -> None:
-    r = run_cli("bench", "zoo:dncnn?depth=3&width=8", "--input-shape", "1x1x16x16", *args)
+    r = invoke("bench", DNCNN, "--input-shape", "1x1x16x16", *args)
     assert_one_line_error(r, 2, needle)
 
 
@@ -164,8 +160,8 @@ def test_tensorrt_runtime_says_why_it_cannot_run(tmp_path: Path) -> None:
     engine.write_bytes(b"not an engine")
     with pytest.raises(InputError, match="trt: "):
         create_runtime("trt", engine_path=engine)
-    assert_one_line_error(run_cli("bench", engine, "--runtimes", "trt", "--input-shape", "1x1x16x16"), 2, "trt: ")
-    assert_one_line_error(run_cli("bench", tmp_path / "missing.plan", "--input-shape", "1x1x16x16"), 2, "does not exist")
+    assert_one_line_error(invoke("bench", engine, "--runtimes", "trt", "--input-shape", "1x1x16x16"), 2, "trt: ")
+    assert_one_line_error(invoke("bench", tmp_path / "missing.plan", "--input-shape", "1x1x16x16"), 2, "does not exist")
 
 
 @pytest.mark.gpu
@@ -196,5 +192,5 @@ def test_tensorrt_engine_matches_torch(tmp_path: Path) -> None:  # pragma: no co
 def test_a_runtime_asked_for_by_name_must_run() -> None:
     if unavailable_reason("ort-cuda") is None:
         pytest.skip("ort-cuda can run here")
-    r = run_cli("bench", "zoo:dncnn?depth=3&width=8", "--input-shape", "1x1x16x16", "--runtimes", "ort-cpu,ort-cuda")
+    r = invoke("bench", DNCNN, "--input-shape", "1x1x16x16", "--runtimes", "ort-cpu,ort-cuda")
     assert_one_line_error(r, 2, "ort-cuda: ", str(unavailable_reason("ort-cuda")))

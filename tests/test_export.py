@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import refstyle
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from tests import refstyle
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import check_graph, default_output, export_onnx, fold_constants
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv1d, WeightedConv2d
@@ -233,7 +233,7 @@ def test_failed_validation_writes_no_model_but_a_report(saved: Path, tmp_path: P
     out = tmp_path / "strict.onnx"
     with pytest.raises(MismatchError) as err:
         export_onnx(saved / "net2d.pt", out, InputSpec.parse("1x3x16x16"), arch=f"{saved / 'nets.py'}:net2d", atol=0, rtol=0)
-    assert "would pass with --atol" in err.value.report
+    assert "would pass with --atol" in err.value.report.render()
     assert not out.exists()
     assert json.loads((tmp_path / "strict.onnx.report.json").read_text())["validation"]["passed"] is False
     assert [p.name for p in tmp_path.iterdir()] == ["strict.onnx.report.json"]  # no temporary left

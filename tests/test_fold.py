@@ -9,13 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import refstyle
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from tests import refstyle
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.fold import fold
 from wconv_deploy.nn import FIXED, TRAINABLE, WeightedConv2d, WeightedConvNd

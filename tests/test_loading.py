@@ -26,10 +26,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import refstyle
 import torch
 from torch import nn
 
+from tests import refstyle
 from wconv_deploy import InputError, load_model
 from wconv_deploy import nn as wnn
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d, WeightedConvNd

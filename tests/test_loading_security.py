@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from contract import assert_one_line_error, finishes, invoke
 from torch import nn
 
+from tests.contract import assert_one_line_error, finishes, invoke
 from wconv_deploy import InputError, load_model
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d
 

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from test_cli import assert_one_line_error, run_cli
 from torch import nn
 
+from tests.contract import assert_ok, assert_one_line_error, invoke
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.precision import (
@@ -125,7 +125,8 @@ def test_failed_validation_writes_no_variant_but_the_report(work: Path, tmp_path
     with pytest.raises(MismatchError, match="not written") as info:
         convert_onnx(work / "den.onnx", out, "int8", atol=1e-9, rtol=1e-9, per_layer=True)
     assert not out.exists()
-    assert "per-layer error" in info.value.report and "FAILED" in info.value.report
+    text = info.value.report.render()
+    assert "per-layer error" in text and "FAILED" in text
     saved = json.loads(out.with_name(out.name + ".report.json").read_text())
     assert saved["validation"]["passed"] is False and len(saved["layers"]) == 8
     assert saved["calibration"].startswith("seeded random inputs")
@@ -181,18 +182,17 @@ def test_first_jump_names_the_first_layer_that_doubles_the_worst_error_before_it
 
 def test_cli_convert(work: Path, tmp_path: Path) -> None:
     out = tmp_path / "den.fp16.onnx"
-    ok = run_cli("convert", work / "den.onnx", "--precision", "fp16", "-o", out, "--json")
-    assert ok.returncode == 0, ok.stderr
+    ok = assert_ok(invoke("convert", work / "den.onnx", "--precision", "fp16", "-o", out, "--json"))
     assert json.loads(ok.stdout)["validation"]["passed"] and out.is_file()
-    assert_one_line_error(run_cli("convert", tmp_path / "missing.onnx", "--precision", "fp16"), 2, "does not exist")
-    bad = run_cli("convert", work / "den.onnx", "--precision", "int8", "--keep-fp32", "nope", "-o", tmp_path / "k.onnx")
+    assert_one_line_error(invoke("convert", tmp_path / "missing.onnx", "--precision", "fp16"), 2, "does not exist")
+    bad = invoke("convert", work / "den.onnx", "--precision", "int8", "--keep-fp32", "nope", "-o", tmp_path / "k.onnx")
     assert_one_line_error(bad, 2, "--keep-fp32", "nope")
     assert not (tmp_path / "k.onnx").exists()
     empty = tmp_path / "empty.npz"
     empty.write_bytes(b"")
-    calib = run_cli("convert", work / "den.onnx", "--precision", "int8", "--calibration", empty, "-o", tmp_path / "c.onnx")
+    calib = invoke("convert", work / "den.onnx", "--precision", "int8", "--calibration", empty, "-o", tmp_path / "c.onnx")
     assert_one_line_error(calib, 2, "empty.npz")
-    assert_one_line_error(run_cli("convert", work / "den.onnx", "--precision", "int4"), 2, "int4")
+    assert_one_line_error(invoke("convert", work / "den.onnx", "--precision", "int4"), 2, "int4")
 
 
 def test_resnet18_variants_validate_and_run_in_onnxruntime_and_openvino(tmp_path: Path) -> None:

@@ -9,32 +9,20 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from contract import assert_one_line_error, finishes, invoke
 from onnx import TensorProto, helper, numpy_helper
 
-from wconv_deploy.artifacts import external_data_files, parse_json, read_onnx
+from tests.contract import DNCNN, assert_ok, assert_one_line_error, console_script, finishes, invoke
+from wconv_deploy.artifacts import external_data_files, graph_io, parse_json, read_onnx
 from wconv_deploy.errors import InputError
-from wconv_deploy.exporters.tensorrt import onnx_io
 from wconv_deploy.fileio import atomic_output, open_regular, regular_file
 from wconv_deploy.spec import InputSpec, input_limit
 from wconv_deploy.validate import load_inputs, spec_from_onnx
-
-ZOO = "zoo:dncnn?depth=3&width=8"
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("exp") / "d.onnx"
-    r = invoke("export", ZOO, "--input-shape", "1x1x16x16", "-o", out, "--exporter", "torchscript")
-    assert r.exit_code == 0, r.output
-    return out
 
 
 def _tiny_external(folder: Path, location: str, *, in_constant: bool = False) -> Path:
@@ -128,11 +116,11 @@ def test_convert_and_validate_refuse_external_data_outside(tmp_path: Path) -> No
     secret.write_bytes(b"\0" * 16)
     path = _tiny_external(tmp_path / "m", "../secret.bin")
     assert_one_line_error(invoke("convert", path, "--precision", "fp16"), 2, "external data")
-    assert_one_line_error(invoke("validate", path, "--reference", ZOO), 2, "external data")
+    assert_one_line_error(invoke("validate", path, "--reference", DNCNN), 2, "external data")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["m.onnx"]
 
 
-def test_an_inputs_folder_with_a_fifo_or_an_escaping_symlink_is_refused(exported: Path, tmp_path: Path) -> None:
+def test_an_inputs_folder_with_a_fifo_or_an_escaping_symlink_is_refused(dncnn_static_onnx: Path, tmp_path: Path) -> None:
     spec = InputSpec.parse("1x1x16x16")
     fifo_dir = tmp_path / "fifo"
     fifo_dir.mkdir()
@@ -151,7 +139,7 @@ def test_an_inputs_folder_with_a_fifo_or_an_escaping_symlink_is_refused(exported
     os.mkfifo(fifo_npz)
     with pytest.raises(InputError, match="FIFO"):
         finishes(lambda: load_inputs(fifo_npz, spec))
-    r = invoke("validate", exported, "--reference", ZOO, "--inputs", fifo_dir)
+    r = invoke("validate", dncnn_static_onnx, "--reference", DNCNN, "--inputs", fifo_dir)
     assert_one_line_error(r, 2, "FIFO")
 
 
@@ -165,7 +153,7 @@ def test_huge_shapes_are_refused_before_allocating() -> None:
         InputSpec.parse(f"1x1x{2**40}x1")
     with input_limit(64):  # the limit is the user's to raise
         assert InputSpec.parse("1x1x99999x99999").names == ["input"]
-    r = invoke("export", ZOO, "--input-shape", "1x1x99999x99999")
+    r = invoke("export", DNCNN, "--input-shape", "1x1x99999x99999")
     assert_one_line_error(r, 2, "--max-input-gb")
 
 
@@ -189,8 +177,8 @@ def _with_metadata(src: Path, dst: Path, key: str, value: str) -> Path:
     ],
     ids=["1e400", "deep", "2^40", "nan", "wrong-type"],
 )
-def test_hostile_metadata_is_one_line(exported: Path, tmp_path: Path, value: str, needle: str) -> None:
-    bad = _with_metadata(exported, tmp_path / "bad.onnx", "wconv_deploy.input_spec", value)
+def test_hostile_metadata_is_one_line(dncnn_static_onnx: Path, tmp_path: Path, value: str, needle: str) -> None:
+    bad = _with_metadata(dncnn_static_onnx, tmp_path / "bad.onnx", "wconv_deploy.input_spec", value)
     with pytest.raises(InputError, match=needle):
         spec_from_onnx(bad)
     assert_one_line_error(invoke("convert", bad, "--precision", "fp16"), 2)
@@ -203,7 +191,7 @@ def test_bad_element_types_and_dims_are_input_errors() -> None:
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
         model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
         with pytest.raises(InputError):
-            onnx_io(model)
+            graph_io(model)
 
 
 def test_parse_json_limits() -> None:
@@ -216,26 +204,26 @@ def test_parse_json_limits() -> None:
 # --------------------------------------------------------------------------- leftovers, modes, signals
 
 
-def test_written_files_get_ordinary_modes(exported: Path, tmp_path: Path) -> None:
+def test_written_files_get_ordinary_modes(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
         with atomic_output(tmp_path / "f.txt") as tmp:
             tmp.write_text("x")
         assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
         out = tmp_path / "m.onnx"
-        assert invoke("export", ZOO, "--input-shape", "1x1x16x16", "-o", out, "--exporter", "torchscript").exit_code == 0
+        assert_ok(invoke("export", DNCNN, "--input-shape", "1x1x16x16", "-o", out, "--exporter", "torchscript"))
         for p in (out, out.with_name("m.onnx.report.json")):
             assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
     finally:
         os.umask(old)
 
 
-def test_rejected_inputs_create_no_folder(exported: Path, tmp_path: Path) -> None:
+def test_rejected_inputs_create_no_folder(dncnn_static_onnx: Path, tmp_path: Path) -> None:
     r = invoke("deploy", tmp_path / "missing.pt", "--input-shape", "1x1x16x16", "--out", tmp_path / "a" / "b")
     assert_one_line_error(r, 2, "missing.pt")
     r = invoke(
         "deploy",
-        ZOO,
+        DNCNN,
         "--input-shape",
         "1x1x16x16",
         "--out",
@@ -246,7 +234,9 @@ def test_rejected_inputs_create_no_folder(exported: Path, tmp_path: Path) -> Non
         tmp_path / "nope",
     )
     assert_one_line_error(r, 2, "--calibration")
-    r = invoke("bench", exported, "--runtimes", "ort-cpu", "--json", tmp_path / "d" / "x.json", "--min-duration-s", "0.01")
+    r = invoke(
+        "bench", dncnn_static_onnx, "--runtimes", "ort-cpu", "--json-file", tmp_path / "d" / "x.json", "--min-duration-s", "0.01"
+    )
     assert_one_line_error(r, 2, "does not exist")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -264,11 +254,10 @@ def test_a_signal_mid_export_leaves_nothing(tmp_path: Path, signum: int, code: i
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wconv_deploy", "export", "zoo:resnet18_cifar", "-o", os.fspath(out / "m.onnx")],
+        console_script("export", "zoo:resnet18_cifar", "-o", out / "m.onnx"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.fspath(Path(__file__).parents[1])},
     )
     try:
         _staging_appears(out, proc, ".wconv-export-")
@@ -289,14 +278,14 @@ def test_a_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     def full(*_a: object, **_k: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", "staged.onnx")
 
-    monkeypatch.setattr(exp.onnx, "save", full)  # the disk boundary: the real write raising ENOSPC
+    monkeypatch.setattr(exp.Path, "write_bytes", full)  # the disk boundary: the model's write raising ENOSPC
     out = tmp_path / "m.onnx"
-    r = invoke("export", ZOO, "--input-shape", "1x1x16x16", "-o", out, "--exporter", "torchscript", "--no-validate")
+    r = invoke("export", DNCNN, "--input-shape", "1x1x16x16", "-o", out, "--exporter", "torchscript", "--no-validate")
     assert_one_line_error(r, 2, "no space left")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_report_json_stays_valid_after_failures(exported: Path, tmp_path: Path) -> None:
-    r = invoke("validate", exported, "--reference", "zoo:dncnn?depth=3&width=8&den=0.2", "--json")
+def test_report_json_stays_valid_after_failures(dncnn_static_onnx: Path, tmp_path: Path) -> None:
+    r = invoke("validate", dncnn_static_onnx, "--reference", f"{DNCNN}&den=0.2", "--json")
     assert r.exit_code == 1
     json.loads(r.stdout)

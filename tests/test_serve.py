@@ -20,14 +20,17 @@ import pytest
 import torch
 from torch import nn
 
+from wconv_deploy._optional import install_hint, require
+from wconv_deploy.artifacts import manifest_path
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.exporters.tensorrt import BuildConfig, BuildPlan, manifest_for, manifest_path, profiles_from_spec
+from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
 from wconv_deploy.nn import WeightedConv2d
 from wconv_deploy.ship.loadtest import _make_inputs, loadtest, parse_shapes
-from wconv_deploy.ship.serve import SERVE_HINT, Server, require_extra, resolve_target, start_server
+from wconv_deploy.ship.serve import Server, resolve_target, start_server
 from wconv_deploy.spec import InputSpec
 
+SERVE_HINT = install_hint("serve")
 needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None, reason=f"no pytriton: {SERVE_HINT}")
 needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason=f"no tritonclient: {SERVE_HINT}")
 
@@ -211,7 +214,7 @@ def test_resolve_target_reads_batching_from_the_spec(work: Path) -> None:
     assert resolve_target(work / "small.onnx", max_batch=2, name="other").max_batch == 2
     assert resolve_target(work / "static.onnx").max_batch == 0
     for kwargs, needle in [
-        ({"max_batch": 5}, "outside the model's batch range 1..4"),
+        ({"max_batch": 5}, "--max-batch 5 is larger than the input spec's max batch 4"),
         ({"runtime": "trt"}, "needs a TensorRT engine"),
         ({"runtime": "torch"}, "cannot serve a file"),
         ({"name": "no/slash"}, "not a valid model name"),
@@ -233,7 +236,7 @@ def test_resolve_target_in_repositories(work: Path, tmp_path: Path) -> None:
     assert (served.name, served.version, served.max_batch, served.artifact.name) == ("b", 2, 3, "model.onnx")
     assert resolve_target(tmp_path / "a").name == "a"
     (tmp_path / "a" / "config.pbtxt").write_text("max_batch_size: [not a number\n")
-    with pytest.raises(InputError, match="not a readable Triton model config"):
+    with pytest.raises(InputError, match="config.pbtxt: not a Triton ModelConfig"):
         resolve_target(tmp_path / "a")
     with pytest.raises(InputError, match="no version folder holds model.plan"):
         resolve_target(tmp_path / "b", runtime="trt")
@@ -265,7 +268,7 @@ def test_engines_take_their_inputs_from_the_build_manifest(work: Path, tmp_path:
 
 def test_loadtest_inputs_from_metadata() -> None:
     meta = ([{"name": "input", "datatype": "FP32", "shape": [-1, 1, -1, -1]}], 4)
-    with pytest.raises(InputError, match="variable axes .* give their sizes with --shape"):
+    with pytest.raises(InputError, match="variable axes .* give their sizes with --input-shape"):
         _make_inputs(meta, 1, {}, 0)
     inputs = _make_inputs(meta, 1, parse_shapes("input:3x1x32x48"), 0)
     assert inputs["input"][0].shape == (3, 1, 32, 48) and inputs["input"][0].dtype == np.float32
@@ -302,11 +305,11 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPatch, wo
     for module in ("pytriton", "pytriton.triton", "tritonclient", "tritonclient.http"):
         monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail as if absent
     for call in (
-        lambda: require_extra("pytriton.triton"),
+        lambda: require("pytriton.triton", "serve"),
         lambda: start_server(work / "small.onnx"),
         lambda: loadtest("http://127.0.0.1:1", "m"),
     ):
         with pytest.raises(InputError) as e:
             call()
         message = str(e.value)
-        assert "\n" not in message and message.endswith("pip install 'wconv-deploy[serve]'"), message
+        assert "\n" not in message and message.endswith(SERVE_HINT), message

@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from contract import assert_one_line_error, finishes, invoke
 from onnx import TensorProto, helper, numpy_helper
-from test_serve import _infer, _model, _reference, _state, needs_pytriton
 
+from tests.contract import assert_one_line_error, finishes, invoke
+from tests.test_serve import _infer, _model, _reference, _state, needs_pytriton
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.exporters.tensorrt import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
-from wconv_deploy.ship import triton
+from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
+from wconv_deploy.ship.check import check_repository
+from wconv_deploy.ship.package import package
 from wconv_deploy.ship.serve import resolve_target, start_server
 from wconv_deploy.spec import InputSpec
 
@@ -123,7 +124,7 @@ def test_package_refuses_external_data_from_outside_the_folder(small: Path, tmp_
         secret.write_bytes(b"\0" * 16)
         path = _constant_reading(small, tmp_path / "src" / "c.onnx", "../secret.bin")
     with pytest.raises(InputError) as e:
-        triton.package([path], tmp_path / "repo", "m")
+        package([path], tmp_path / "repo", "m")
     assert "\n" not in str(e.value) and ("outside" in str(e.value) or "external data" in str(e.value)), str(e.value)
     assert not (tmp_path / "repo").exists()  # nothing copied, not even the repository folder
     assert_one_line_error(invoke("package", path, "--repo", tmp_path / "repo", "--name", "m"), 2)
@@ -137,7 +138,7 @@ def test_package_writes_ordinary_modes_and_copies_the_checked_data(
     path = _with_external_data(small, tmp_path / "src")
     old = os.umask(umask)
     try:
-        report = triton.package([path], tmp_path / "repo", "m")
+        report = package([path], tmp_path / "repo", "m")
     finally:
         os.umask(old)
     entry = tmp_path / "repo" / "m"
@@ -164,7 +165,7 @@ def test_package_onto_a_symlinked_entry_is_refused_before_writing(small: Path, t
     (repo / "m").symlink_to(elsewhere)
     before = listing(tmp_path)
     with pytest.raises(InputError, match="is a symlink") as e:
-        triton.package([small], repo, "m")
+        package([small], repo, "m")
     assert "\n" not in str(e.value)
     assert listing(tmp_path) == before  # no .m.*.tmp or .m.*.old beside it, the link and its target untouched
     assert_one_line_error(invoke("package", small, "--repo", repo, "--name", "m"), 2, "symlink")
@@ -176,11 +177,11 @@ def test_a_name_too_long_for_a_folder_is_refused_before_anything_is_created(smal
     assert list(tmp_path.iterdir()) == []  # not even --repo
     for length in (300, 242):  # 242: the name fits in 255 bytes, its staging folder .NAME.xxxxxxxx.tmp does not
         with pytest.raises(InputError, match=f"--name is {length} characters long") as e:
-            triton.package([small], tmp_path / "repo", "n" * length)
+            package([small], tmp_path / "repo", "n" * length)
         assert "\n" not in str(e.value)
         assert list(tmp_path.iterdir()) == []
     longest = "n" * 241  # its staging folder's name is 255 bytes
-    assert triton.package([small], tmp_path / "repo", longest).check.passed
+    assert package([small], tmp_path / "repo", longest).check.passed
     assert os.listdir(tmp_path / "repo") == [longest]
 
 
@@ -188,7 +189,7 @@ def test_a_signal_between_the_renames_puts_the_previous_entry_back(
     small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = tmp_path / "repo"
-    triton.package([small], repo, "m")
+    package([small], repo, "m")
     before = listing(repo)
     rename = os.rename
 
@@ -197,9 +198,9 @@ def test_a_signal_between_the_renames_puts_the_previous_entry_back(
             raise KeyboardInterrupt
         rename(src, dst)
 
-    monkeypatch.setattr(triton.os, "rename", interrupted)
+    monkeypatch.setattr(os, "rename", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        triton.package([small], repo, "m", max_batch=2)
+        package([small], repo, "m", max_batch=2)
     assert listing(repo) == before  # the previous entry, no .m.*.old, no .m.*.tmp
 
 
@@ -212,9 +213,9 @@ def test_check_flags_what_leads_out_of_the_repository_and_never_reads_it(small: 
     secret = outside / "secret.bin"
     secret.write_bytes(b"s3cret " * 100)
     secret_sha = hashlib.sha256(secret.read_bytes()).hexdigest()
-    triton.package([small], outside / "r", "evil")  # a valid entry, outside the repository
+    package([small], outside / "r", "evil")  # a valid entry, outside the repository
     repo = tmp_path / "repo"
-    triton.package([small], repo, "den")
+    package([small], repo, "den")
     den = repo / "den"
     (den / "1" / "stolen.bin").symlink_to(secret)
     os.mkfifo(den / "1" / "pipe")
@@ -225,7 +226,7 @@ def test_check_flags_what_leads_out_of_the_repository_and_never_reads_it(small: 
     (repo / "fifo").mkdir()
     os.mkfifo(repo / "fifo" / "config.pbtxt")
 
-    report, opened = opened_while(lambda: triton.check_repository(repo))
+    report, opened = opened_while(lambda: check_repository(repo))
     problems = {(p.model, p.field): p.message for p in report.problems}
     assert "outside the repository" in problems[("den", "1/stolen.bin")]
     assert "outside the repository" in problems[("evil", "folder")]

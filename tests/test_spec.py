@@ -49,7 +49,7 @@ def test_named_multiple_inputs_keep_order_shapes_and_dtypes() -> None:
 def test_dtype_suffix(dtype: str) -> None:
     spec = InputSpec.parse(f"x:1x3x8x8:{dtype}")
     assert spec.inputs[0].dtype == dtype
-    assert spec.inputs[0].torch_dtype is DTYPES[dtype]
+    assert spec.inputs[0].torch_dtype is getattr(torch, dtype)
 
 
 def test_unnamed_inputs_in_a_list_are_numbered() -> None:

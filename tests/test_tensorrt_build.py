@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,27 +21,23 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from wconv_deploy.artifacts import BuildManifest, OnnxInfo, graph_precision, manifest_path, qdq_count
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.exporters.tensorrt import (
-    PRECISIONS,
+from wconv_deploy.exporters.tensorrt import apply_build_config, build_engine
+from wconv_deploy.exporters.trt_plan import (
     BuildConfig,
-    BuildManifest,
     BuildPlan,
-    apply_build_config,
-    build_engine,
     check_engine_compatible,
-    has_qdq,
     manifest_for,
-    manifest_path,
     network_flags_for,
-    onnx_precision,
     plan_build,
     profiles_from_spec,
+    trt_major,
 )
-from wconv_deploy.runtimes import unavailable_reason
+from wconv_deploy.precision import Precision
+from wconv_deploy.runtimes import registry, unavailable_reason
 from wconv_deploy.spec import InputSpec
-from wconv_deploy.validate import spec_from_onnx
 from wconv_deploy.zoo import create_model
 
 TRT_REASON = unavailable_reason("trt")
@@ -58,6 +56,27 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory, model: torch.nn.Module) 
     spec = InputSpec.parse("1x1x16x16", "batch=1:8,height=8:32,width=8:32")
     export_onnx(model, path, spec, exporter="torchscript", validate_output=False)
     return path
+
+
+def spec_from_onnx(path: Path) -> InputSpec:
+    return OnnxInfo.read(path).spec
+
+
+def test_planning_imports_neither_tensorrt_nor_torch() -> None:
+    """The planning module (and the trt runtime, imported with every backend at start-up) stay
+    importable where TensorRT or torch is missing, and cheap for wconv-deploy --help."""
+    code = (
+        "import sys, wconv_deploy.exporters.trt_plan, wconv_deploy.runtimes.tensorrt; "
+        "print(sorted(m for m in ('tensorrt', 'torch', 'onnx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_trt_runtimes_are_registered() -> None:
+    trt, graph = registry.get("trt"), registry.get("trt-graph")
+    assert (trt.kind, trt.device, trt.extra, trt.serves, trt.in_default_bench) == ("engine", "cuda", "gpu", True, True)
+    assert (graph.kind, graph.serves, graph.in_default_bench) == ("engine", True, False)
 
 
 # --------------------------------------------------------------------------- profiles
@@ -134,7 +153,7 @@ def test_overrides_name_every_input_or_none() -> None:
     ],
 )
 def test_plan_build(version: str, precision: str, onnx_prec: str, qdq: bool, strongly: bool, plan: BuildPlan) -> None:
-    assert plan_build(version, precision, onnx_prec, qdq, strongly_typed=strongly) == plan
+    assert plan_build(version, precision, Precision(onnx_prec), qdq, strongly_typed=strongly) == plan
 
 
 TRT11 = "TensorRT 11 builds strongly typed networks"
@@ -156,7 +175,7 @@ TRT11 = "TensorRT 11 builds strongly typed networks"
 )  # fmt: skip
 def test_plan_build_refuses(version: str, precision: str, onnx_prec: str, qdq: bool, strongly: bool, needles: list[str]) -> None:
     with pytest.raises(InputError) as e:
-        plan_build(version, precision, onnx_prec, qdq, strongly_typed=strongly, onnx_name="m.onnx")
+        plan_build(version, precision, Precision(onnx_prec), qdq, strongly_typed=strongly, onnx_name="m.onnx")
     for needle in needles:
         assert needle in str(e.value), (needle, str(e.value))
 
@@ -187,25 +206,23 @@ def _tiny_onnx(dtype: int, qdq: bool = False, precision: str | None = None) -> o
 
 
 def test_onnx_precision_is_read_from_metadata_or_graph(onnx_file: Path) -> None:
+    """What plan_build is given: the graph's precision and whether it holds Q/DQ nodes."""
     exported = onnx.load(onnx_file)
-    assert (onnx_precision(exported), has_qdq(exported)) == ("fp32", False)
-    assert onnx_precision(_tiny_onnx(TensorProto.FLOAT16)) == "fp16"
-    assert (onnx_precision(_tiny_onnx(TensorProto.FLOAT, qdq=True)), has_qdq(_tiny_onnx(TensorProto.FLOAT, qdq=True))) == (
-        "int8",
-        True,
-    )
-    assert onnx_precision(_tiny_onnx(TensorProto.FLOAT, precision="fp16")) == "fp16"  # our converter's stamp wins
+    assert (graph_precision(exported), qdq_count(exported)) == (Precision.FP32, 0)
+    assert graph_precision(_tiny_onnx(TensorProto.FLOAT16)) == Precision.FP16
+    qdq = _tiny_onnx(TensorProto.FLOAT, qdq=True)
+    assert (graph_precision(qdq), qdq_count(qdq)) == (Precision.INT8, 2)
+    assert graph_precision(_tiny_onnx(TensorProto.FLOAT, precision="fp16")) == Precision.FP16  # our converter's stamp wins
 
 
 def test_spec_of_a_foreign_onnx_is_its_static_shapes(onnx_file: Path) -> None:
-    from wconv_deploy.exporters.tensorrt import _spec_for
-
-    assert _spec_for(onnx_file, onnx.load(onnx_file)) == spec_from_onnx(onnx_file)
-    assert str(_spec_for(Path("t.onnx"), _tiny_onnx(TensorProto.FLOAT))) == "x:1x1x8x8:float32"
+    """The spec build_engine profiles: the stored one, else a foreign file's static shapes."""
+    assert OnnxInfo.read(onnx_file).spec_or_static() == spec_from_onnx(onnx_file)
+    assert str(OnnxInfo.of(_tiny_onnx(TensorProto.FLOAT), "t.onnx").spec_or_static()) == "x:1x1x8x8:float32"
     dynamic = _tiny_onnx(TensorProto.FLOAT)
     dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
     with pytest.raises(InputError, match="t.onnx has dynamic input 'x' and no wconv-deploy input spec"):
-        _spec_for(Path("t.onnx"), dynamic)
+        OnnxInfo.of(dynamic, "t.onnx").spec_or_static()
 
 
 # --------------------------------------------------------------------------- builder plumbing (fake TensorRT)
@@ -333,7 +350,28 @@ def test_manifest_round_trip(onnx_file: Path, tmp_path: Path) -> None:
     assert json.loads(path.read_text())["gpu_name"] == "NVIDIA H100"
     assert BuildManifest.read(path) == m
     assert BuildManifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
-    assert "TensorRT 10.3.0 on NVIDIA H100 (sm 9.0)" in m.render() and "1x1x8x8 / 1x1x16x16 / 8x1x32x32" in m.render()
+    text = m.render()
+    assert "TensorRT 10.3.0 on NVIDIA H100 (sm 9.0)" in text and "1x1x8x8 / 1x1x16x16 / 8x1x32x32" in text
+
+
+def test_manifest_records_the_graph_io_and_the_export_spec(onnx_file: Path) -> None:
+    m = _manifest(onnx_file)
+    assert m.io == {
+        "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+        "outputs": [{"name": m.io["outputs"][0]["name"], "dtype": "float32", "shape": [-1, 1, -1, -1]}],
+    }  # the format Triton packaging reads
+    spec = spec_from_onnx(onnx_file)
+    assert m.input_spec == spec.to_dict()
+    assert m.spec("m.plan") == spec  # the profile spans the export's spec here
+    wider = manifest_for(
+        onnx_file,
+        BuildConfig("fp32", profiles_from_spec(spec, max_shape="16x1x64x64")),
+        BuildPlan(False),
+        tensorrt_version="10.3.0",
+        gpu_name="G",
+        compute_capability="9.0",
+    )
+    assert str(wider.spec("m.plan")) == "input:batch[1..16]x1xheight[8..64]xwidth[8..64]:float32"
 
 
 @pytest.mark.parametrize(
@@ -403,10 +441,9 @@ def test_incompatible_engines_are_refused(onnx_file: Path, changes: dict[str, An
 
 def test_runtime_checks_the_manifest_before_loading(onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime's hook, with this machine's GPU and TensorRT faked (no TensorRT here)."""
-    import wconv_deploy.exporters.tensorrt as build_module
     from wconv_deploy.runtimes.tensorrt import _check_manifest, _not_deserialised
 
-    monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA A10", "8.6"))
+    fake_local_gpu(monkeypatch, "NVIDIA A10", (8, 6))
     engine = tmp_path / "model.plan"
     engine.write_bytes(b"plan")
     here = SimpleNamespace(__version__="10.3.0")
@@ -501,20 +538,25 @@ def fake_tensorrt_module(fail: bool = False, parses: bool = True) -> SimpleNames
         parse_from_file=lambda path: parses, num_errors=0 if parses else 1, get_error=lambda i: error
     )
     trt.fail = fail
+    trt.Runtime = object  # what tells the real package from its type stubs
     return trt
+
+
+def fake_local_gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
+    """A CUDA device 0 as torch reports it (trt_plan.local_gpu asks torch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
 
 
 @pytest.fixture
 def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
     """build_engine on a fake TensorRT and GPU: its orchestration, with no TensorRT here."""
-    import wconv_deploy.exporters.tensorrt as build_module
-    import wconv_deploy.runtimes.tensorrt as runtime_module
 
     def install(**kwargs: Any) -> SimpleNamespace:
         trt = fake_tensorrt_module(**kwargs)
-        monkeypatch.setattr(runtime_module, "import_tensorrt", lambda: trt)
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA H100", "9.0"))
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
         return trt
 
     return install
@@ -559,10 +601,8 @@ def test_failed_build_writes_nothing(
 def test_build_refuses_ampere_plus_on_an_older_gpu(
     onnx_file: Path, tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import wconv_deploy.exporters.tensorrt as build_module
-
     fake_gpu()
-    monkeypatch.setattr(build_module, "local_gpu", lambda: ("Tesla T4", "7.5"))
+    fake_local_gpu(monkeypatch, "Tesla T4", (7, 5))
     with pytest.raises(InputError, match="ampere\\+ needs an Ampere or later GPU to build on; Tesla T4 is sm 7.5"):
         build_engine(onnx_file, tmp_path / "m.plan", hardware_compatibility="ampere+")
 
@@ -584,7 +624,6 @@ def test_engine_matches_torch(
 ) -> None:  # pragma: no cover - needs TensorRT and CUDA
     import tensorrt as trt
 
-    from wconv_deploy.exporters.tensorrt import trt_major
     from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
 
     source = onnx_file
@@ -600,6 +639,7 @@ def test_engine_matches_torch(
     assert BuildManifest.read(manifest_path(out)) == manifest
     assert manifest.precision == precision and manifest.profiles[0]["input"]["max"] == [4, 1, 32, 32]
     rt = TensorRTRuntime(out)
+    assert rt.describe().precision == Precision(precision) and rt.spec == manifest.spec(out.name)
     limit = 1e-4 if precision == "fp32" else 5e-2
     rng = np.random.default_rng(0)
     for shape in [(1, 1, 16, 16), (1, 1, 8, 8), (4, 1, 32, 32), (3, 1, 24, 8)]:
@@ -607,8 +647,8 @@ def test_engine_matches_torch(
         expected, actual = _torch_out(model, x), rt.run({"input": x})[0]
         assert actual.shape == expected.shape
         assert np.abs(actual - expected).max() / np.abs(expected).max() < limit, (precision, shape)
-    with pytest.raises(InputError, match="outside the engine's optimisation profile"):
-        rt.run({"input": np.zeros((5, 1, 16, 16), np.float32)})
+    with pytest.raises(InputError, match=r"shape \[5, 1, 16, 16\], which is outside input:batch\[1..4\]"):
+        rt.run({"input": np.zeros((5, 1, 16, 16), np.float32)})  # checked against the manifest's spec first
     # the manifest is checked before deserialising: a different TensorRT version is refused
     m = BuildManifest.read(manifest_path(out))
     m.tensorrt_version = "9.0.0"
@@ -625,8 +665,6 @@ def test_build_reports_parse_errors_and_precision_refusals(
 ) -> None:  # pragma: no cover - needs TensorRT and CUDA
     import tensorrt as trt
 
-    from wconv_deploy.exporters.tensorrt import trt_major
-
     bad = tmp_path / "bad.onnx"
     model = _tiny_onnx(TensorProto.FLOAT)
     model.graph.node[0].op_type = "NoSuchOp"
@@ -642,26 +680,25 @@ def test_build_reports_parse_errors_and_precision_refusals(
 
 
 def test_every_precision_has_a_plan_on_tensorrt_10() -> None:
-    for precision in PRECISIONS:
-        onnx_prec = "int8" if precision == "int8" else "fp32"
-        assert plan_build("10.3.0", precision, onnx_prec, precision == "int8").strongly_typed is False
+    for precision in Precision:
+        onnx_prec = Precision.INT8 if precision == Precision.INT8 else Precision.FP32
+        assert plan_build("10.3.0", precision, onnx_prec, precision == Precision.INT8).strongly_typed is False
 
 
 @pytest.mark.skipif(TRT_REASON is None, reason="TensorRT and a GPU are present")
 def test_cli_build_without_tensorrt_is_one_line_exit_2(onnx_file: Path, tmp_path: Path) -> None:
-    from test_cli import assert_one_line_error, run_cli
+    from tests.contract import assert_one_line_error, invoke
 
-    result = run_cli("build", onnx_file, "-o", tmp_path / "m.plan", "--precision", "fp16")
+    result = invoke("build", onnx_file, "-o", tmp_path / "m.plan", "--precision", "fp16")
     assert_one_line_error(result, 2, "[gpu]", "pypi.nvidia.com")
     assert os.listdir(tmp_path) == []
-    assert_one_line_error(run_cli("build", onnx_file, "--precision", "fp64"), 2, "fp64")
+    assert_one_line_error(invoke("build", onnx_file, "--precision", "fp64"), 2, "fp64")
 
 
 def test_a_version_compatible_engine_runs_its_embedded_code_only_when_trusted(
     onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A version-compatible plan carries TensorRT's lean runtime: code from the file."""
-    import wconv_deploy.exporters.tensorrt as build_module
     import wconv_deploy.runtimes.tensorrt as runtime_module
 
     runtimes: list[SimpleNamespace] = []
@@ -677,9 +714,8 @@ def test_a_version_compatible_engine_runs_its_embedded_code_only_when_trusted(
             pass
 
     fake = SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=make_runtime)
-    monkeypatch.setattr(runtime_module, "unavailable_reason", lambda: None)
-    monkeypatch.setattr(runtime_module, "import_tensorrt", lambda: fake)
-    monkeypatch.setattr(build_module, "local_gpu", lambda: ("NVIDIA H100", "9.0"))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
     engine = tmp_path / "model.plan"
     engine.write_bytes(b"plan")
     _manifest(onnx_file, version_compatible=True).write(manifest_path(engine))
@@ -689,3 +725,46 @@ def test_a_version_compatible_engine_runs_its_embedded_code_only_when_trusted(
     with pytest.raises(InputError, match="could not deserialise"):  # trusted: allowed, then the fake plan fails
         runtime_module.TensorRTRuntime(engine, trust_code=True)
     assert runtimes[-1].engine_host_code_allowed is True
+
+
+def _fake_engine_tensorrt() -> SimpleNamespace:
+    """A TensorRT whose engines deserialise (one input, one output) but never run."""
+    engine = SimpleNamespace(
+        num_io_tensors=2,
+        get_tensor_name=lambda i: ("input", "output")[i],
+        get_tensor_mode=lambda name: "in" if name == "input" else "out",
+        create_execution_context=SimpleNamespace,
+    )
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda _data: engine)
+    logger = type("Logger", (), {"ERROR": 0, "__init__": lambda self, _level: None})
+    return SimpleNamespace(
+        __version__="10.3.0", Logger=logger, Runtime=lambda _logger: runtime, TensorIOMode=SimpleNamespace(INPUT="in")
+    )
+
+
+def test_runtime_takes_precision_and_spec_from_the_manifest(
+    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_engine_tensorrt())
+    fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda _device: SimpleNamespace())
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"plan")
+    unknown = TensorRTRuntime(engine, cuda_graph=True)  # no manifest
+    assert (unknown.name, unknown.input_names, unknown.output_names, unknown.spec) == ("trt-graph", ["input"], ["output"], None)
+    info = unknown.describe()
+    assert (info.device, info.precision, info.detail) == ("NVIDIA H100", Precision.FP16, "precision unknown (no manifest)")
+    with pytest.raises(InputError, match="inputs lack input"):
+        unknown.run({"x": np.zeros((1, 1, 16, 16), np.float32)})
+
+    _manifest(onnx_file).write(manifest_path(engine))
+    rt = TensorRTRuntime(engine)
+    assert rt.spec == spec_from_onnx(onnx_file) and rt.describe().precision == Precision.FP16 and rt.describe().label == "fp16"
+    _manifest(onnx_file, precision="tf32").write(manifest_path(engine))
+    assert TensorRTRuntime(engine).describe().label == "tf32"
+    with pytest.raises(InputError, match=r"input 'input' has shape \[1, 3, 16, 16\], which is outside"):
+        rt.run({"input": np.zeros((1, 3, 16, 16), np.float32)})  # refused before anything reaches the engine
+    given = InputSpec.parse("1x1x16x16")
+    assert TensorRTRuntime(engine, spec=given).spec == given

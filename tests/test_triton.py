@@ -15,20 +15,16 @@ import onnx
 import pytest
 import torch
 
+from wconv_deploy.artifacts import BuildManifest, OnnxInfo, manifest_path
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.exporters.tensorrt import (
-    BuildConfig,
-    BuildManifest,
-    BuildPlan,
-    manifest_for,
-    manifest_path,
-    profiles_from_spec,
-)
-from wconv_deploy.ship import triton
-from wconv_deploy.ship.triton import check_model, check_repository, package
+from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
+from wconv_deploy.ship import check as ship_check
+from wconv_deploy.ship import package as ship_package
+from wconv_deploy.ship.check import check_model, check_repository
+from wconv_deploy.ship.package import package
+from wconv_deploy.ship.serve import resolve_target
 from wconv_deploy.spec import InputSpec
-from wconv_deploy.validate import spec_from_onnx
 from wconv_deploy.zoo import create_model
 
 
@@ -74,6 +70,27 @@ def spatial(onnx_dir: Path, small: torch.nn.Module) -> Path:
     return path
 
 
+class _SumOverBatch(torch.nn.Module):
+    """A model whose output's axis 0 is fixed at 1 however many samples come in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).sum(0, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def pooled(onnx_dir: Path) -> Path:
+    """Exported with --dynamic batch, but its output sums over the batch."""
+    torch.manual_seed(0)
+    path = onnx_dir / "pooled.onnx"
+    spec = InputSpec.parse("1x1x16x16", "batch")
+    export_onnx(_SumOverBatch().eval(), path, spec, exporter="torchscript", validate_output=False)
+    return path
+
+
 def read_config(mc: Any, folder: Path) -> Any:
     from google.protobuf import text_format
 
@@ -92,7 +109,7 @@ def fake_engine(
     """Random bytes as the engine, with a real manifest written through the exporter's API."""
     engine = folder / (name or f"m_sm{cc.replace('.', '')}.plan")
     engine.write_bytes(os.urandom(4096))
-    build = BuildConfig("fp16", profiles_from_spec(spec_from_onnx(onnx_file), max_shape=max_shape))
+    build = BuildConfig("fp16", profiles_from_spec(OnnxInfo.read(onnx_file).spec, max_shape=max_shape))
     m = manifest_for(
         onnx_file, build, BuildPlan(False, ("FP16",)), tensorrt_version="10.3.0", gpu_name="NVIDIA GPU", compute_capability=cc
     )
@@ -132,7 +149,7 @@ def test_package_onnx_with_a_dynamic_batch(mc: Any, batched: Path, tmp_path: Pat
         assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == sha
     [artifact] = manifest["artifacts"]
     assert artifact["source"] == os.fspath(batched.resolve()) and artifact["file"] == "1/model.onnx"
-    assert json.loads(artifact["metadata"]["wconv_deploy.input_spec"]) == spec_from_onnx(batched).to_dict()
+    assert json.loads(artifact["metadata"]["wconv_deploy.input_spec"]) == OnnxInfo.read(batched).spec.to_dict()
     assert manifest["options"]["kind"] == "cpu" and manifest["wconv_deploy_version"]
 
     assert report.check.passed and report.max_batch_size == 8 and not report.replaced
@@ -171,6 +188,26 @@ def test_a_model_without_a_batch_axis_gets_max_batch_size_0(
     assert "no batching" in report.render() and report.check.passed
 
 
+def test_a_model_whose_output_does_not_batch_is_not_batching_in_package_check_and_serve(
+    mc: Any, pooled: Path, tmp_path: Path
+) -> None:
+    info = OnnxInfo.read(pooled)
+    assert info.spec.max_batch == 8 and info.outputs[0].shape == (1, 1, 16, 16)  # the input batches, the output not
+    report = package([pooled], tmp_path / "repo", "m")
+    cfg = read_config(mc, tmp_path / "repo" / "m")
+    assert cfg.max_batch_size == 0 and report.max_batch_size == 0 and report.check.passed
+    assert list(cfg.input[0].dims) == [-1, 1, 16, 16] and list(cfg.output[0].dims) == [1, 1, 16, 16]
+    for target in (pooled, tmp_path / "repo"):  # serve decides as package did, for the file and for the entry
+        assert resolve_target(target).max_batch == 0
+    for call in (lambda: package([pooled], tmp_path / "repo", "m", max_batch=2), lambda: resolve_target(pooled, max_batch=2)):
+        with pytest.raises(InputError, match="--max-batch 2: the model does not batch \\(axis 0 of output 'output' is fixed"):
+            call()
+    platform = 'platform: "onnxruntime_onnx"'
+    _edit(tmp_path / "repo" / "m" / "config.pbtxt", platform, f"{platform}\nmax_batch_size: 4")
+    problems = {p.field: p.message for p in check_repository(tmp_path / "repo").problems}
+    assert problems["max_batch_size"] == "config 4, model 0 (axis 0 of output 'output' is fixed: [1, 1, 16, 16])"
+
+
 def test_an_onnx_with_external_data_is_packaged_with_it(batched: Path, tmp_path: Path, mc: Any) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -191,7 +228,7 @@ def test_an_onnx_with_external_data_is_packaged_with_it(batched: Path, tmp_path:
         ("batched", {"max_batch": 16}, ["--max-batch 16", "the input spec's max batch 8"]),
         ("batched", {"max_batch": 0}, ["--max-batch 0", "auto-complete", "1 to 8"]),
         ("batched", {"max_batch": -1}, ["--max-batch -1"]),
-        ("static", {"max_batch": 4}, ["--max-batch 4", "no batch axis", "axis 0 of 'input' is fixed: [1, 1, 16, 16]"]),
+        ("static", {"max_batch": 4}, ["--max-batch 4", "does not batch", "axis 0 of input 'input' is not a dynamic batch"]),
         ("spatial", {"dynamic_batching": True}, ["--dynamic-batching", "does not"]),
         ("batched", {"dynamic_batching": True, "preferred_batch": (4, 16)}, ["--preferred-batch 4,16", "max_batch_size 8"]),
         ("batched", {"preferred_batch": (4,)}, ["need --dynamic-batching"]),
@@ -244,11 +281,13 @@ def test_bad_artifacts_are_one_line_input_errors(batched: Path, static: Path, tm
 
 
 def test_missing_tritonclient_names_the_serve_extra(batched: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # makes the import fail
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc.model_config_pb2", None)  # makes the import fail
     for call in (lambda: package([batched], tmp_path, "m"), lambda: check_repository(tmp_path)):
         with pytest.raises(InputError) as e:
             call()
-        assert str(e.value) == "Triton model repositories need tritonclient: pip install 'wconv-deploy[serve]'"
+        message = str(e.value)
+        assert message.startswith("tritonclient.grpc.model_config_pb2 is not installed"), message
+        assert "\n" not in message and message.endswith("pip install 'wconv-deploy[serve]'"), message
     assert os.listdir(tmp_path) == []
 
 
@@ -271,8 +310,6 @@ def test_package_one_engine(mc: Any, batched: Path, tmp_path: Path) -> None:
         manifest_path(engine)
     )  # for the trt runtime
     assert report.check.passed and any("TensorRT 10.3.0" in n for n in report.notes)
-    from wconv_deploy.ship.serve import resolve_target
-
     served = resolve_target(tmp_path / "repo")  # what `wconv-deploy serve` would run (no GPU needed to resolve)
     assert (served.name, served.artifact, served.runtime, served.max_batch) == ("trt", folder / "1" / "model.plan", "trt", 4)
     with pytest.raises(InputError, match="--max-batch 8 is larger than the profile's max batch 4"):
@@ -375,7 +412,7 @@ def test_a_broken_config_is_rejected_naming_the_field_and_both_values(
     assert field in text and message in text and "FAILED" in text
     with pytest.raises(MismatchError) as e:
         report.raise_for_failure()
-    assert "\n" not in str(e.value) and field in e.value.report
+    assert "\n" not in str(e.value) and e.value.report is report
     assert {"field": field, "message": found[0].message} in report.to_dict()["models"][0]["problems"]
 
 
@@ -457,10 +494,10 @@ def test_a_failed_package_leaves_the_repository_as_it_was(
             dst.write(b"half")
             raise OSError("disk full")
 
-        monkeypatch.setattr(triton.shutil, "copyfileobj", broken_copy)
+        monkeypatch.setattr(ship_package.shutil, "copyfileobj", broken_copy)
         expected: type[Exception] = OSError
     else:
-        monkeypatch.setattr(triton, "_compare_io", lambda mc, cfg, io, check: check.add("input", "injected"))
+        monkeypatch.setattr(ship_check, "_compare_io", lambda mc, cfg, io, check: check.add("input", "injected"))
         expected = MismatchError
     with pytest.raises(expected):
         package([batched], onnx_repo, "den", max_batch=2)
@@ -471,7 +508,7 @@ def test_a_failed_package_leaves_the_repository_as_it_was(
 
 
 def test_build_manifest_records_the_graph_inputs_and_outputs(batched: Path) -> None:
-    build = BuildConfig("fp32", profiles_from_spec(spec_from_onnx(batched)))
+    build = BuildConfig("fp32", profiles_from_spec(OnnxInfo.read(batched).spec))
     m = manifest_for(batched, build, BuildPlan(False), tensorrt_version="10.3.0", gpu_name="G", compute_capability="9.0")
     assert m.io == {
         "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, -1, -1]}],

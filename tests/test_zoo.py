@@ -4,6 +4,8 @@ the bundled trained denoiser."""
 from __future__ import annotations
 
 import importlib
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +18,22 @@ from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.loading import load_model
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv2d, WeightedConvNd
+from wconv_deploy.reports import dumps
 from wconv_deploy.spec import InputSpec
-from wconv_deploy.zoo import DEFAULT_DEN, create_model, get_entry, list_models, parse_zoo_uri, register_model
+from wconv_deploy.zoo import (
+    DEFAULT_DEN,
+    cifar,
+    cifar_nets,
+    create_model,
+    denoiser_nets,
+    denoisers,
+    get_entry,
+    list_models,
+    parse_zoo_uri,
+    register_model,
+)
 from wconv_deploy.zoo.denoisers import DENOISER_SIGMA, NOISE_SEED, add_gaussian_noise, demo_image, denoiser_record, psnr
+from wconv_deploy.zoo.registry import zoo_listing
 
 PAPER_MODELS = ["vgg16_cifar", "resnet18_cifar", "dncnn", "nafnet"]
 
@@ -36,6 +51,44 @@ def test_registry_lists_every_model_with_defaults() -> None:
     assert set(PAPER_MODELS + ["denoiser"]) <= set(names)
     for e in list_models():
         InputSpec.parse(e.input_shape, e.dynamic)  # every default input spec parses
+
+
+def test_listing_the_zoo_imports_neither_torch_nor_onnx() -> None:
+    """`wconv-deploy zoo list` must stay fast: the registry is a leaf and the registering modules
+    import torch only when a model is built."""
+    code = """
+import sys
+import wconv_deploy.zoo.registry
+from wconv_deploy.zoo import list_models
+from wconv_deploy.reports import dumps
+from wconv_deploy.zoo.registry import default_spec_args, parse_zoo_uri, zoo_listing
+listing = [(e.name, e.description, e.input_shape, e.dynamic, e.options()) for e in list_models()]
+assert len(listing) >= 5 and default_spec_args("zoo:dncnn?depth=3") == ("1x1x64x64", "height,width")
+zoo_listing().render(), dumps(zoo_listing())
+assert parse_zoo_uri("zoo:nafnet?enc_blocks=1,2") == ("nafnet", {"enc_blocks": (1.0, 2.0)})
+print(",".join(m for m in ("torch", "onnx") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"listing the zoo imported {r.stdout.strip()}"
+
+
+def test_zoo_listing_shows_every_model_with_its_defaults() -> None:
+    listing = zoo_listing()
+    data = json.loads(dumps(listing))
+    assert [m["name"] for m in data["models"]] == [e.name for e in list_models()]
+    dncnn = next(m for m in data["models"] if m["name"] == "dncnn")
+    assert dncnn["dynamic"] == "height,width" and dncnn["options"]["depth"] == "17" and dncnn["options"]["den"] == "None"
+    text = listing.render()
+    assert "dncnn           1x1x64x64 (height,width)" in text
+    assert "  nafnet: channels=3, width=16, enc_blocks=(1, 1, 1)," in text
+
+
+def test_network_classes_keep_their_old_module_paths() -> None:
+    """Whole zoo models pickled before the classes moved name them in cifar/denoisers."""
+    assert cifar.ResNet is cifar_nets.ResNet and denoisers.DnCNN is denoiser_nets.DnCNN
+    with pytest.raises(AttributeError):
+        _ = cifar.no_such_name
 
 
 def test_zoo_uri_options_are_typed() -> None:
@@ -154,7 +207,7 @@ def reference_layers(refdir: Path) -> Iterator[type]:
 def test_state_saved_from_reference_layers_loads(name: str, reference_layers: type, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same architecture written with the reference's wConv2d (as a user would have trained
     it) saves a state_dict that the zoo model loads strictly, and both compute the same."""
-    monkeypatch.setattr("wconv_deploy.zoo.layers.WeightedConv2d", reference_layers)
+    monkeypatch.setattr("wconv_deploy.nn.WeightedConv2d", reference_layers)  # what ConvFactory builds
     theirs = create_model(name).eval()
     assert any(type(m) is reference_layers for m in theirs.modules())
     monkeypatch.undo()
