@@ -4,8 +4,6 @@ server process left behind."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import shutil
@@ -13,33 +11,24 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from wconv_deploy._optional import install_hint, require
+from tests.serving import SERVE_HINT, needs_pytriton, needs_tritonclient
+from tests.serving import client as _client
+from tests.serving import infer as _infer
+from tests.serving import model as _model
+from tests.serving import proc_state as _state
+from tests.serving import reference as _reference
+from wconv_deploy._optional import require
 from wconv_deploy.artifacts import manifest_path
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
-from wconv_deploy.nn import WeightedConv2d
 from wconv_deploy.ship.loadtest import _make_inputs, loadtest, parse_shapes
 from wconv_deploy.ship.serve import Server, resolve_target, start_server
 from wconv_deploy.spec import InputSpec
-
-SERVE_HINT = install_hint("serve")
-needs_pytriton = pytest.mark.skipif(importlib.util.find_spec("pytriton") is None, reason=f"no pytriton: {SERVE_HINT}")
-needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None, reason=f"no tritonclient: {SERVE_HINT}")
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        WeightedConv2d(1, 4, 3, [0.3], padding=1), nn.ReLU(), WeightedConv2d(4, 2, 5, [0.1, 0.6], padding=2)
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -76,24 +65,6 @@ def _triton_descendants() -> list[str]:
         ours |= more
         grew = bool(more)
     return [cmd[p] for p in ours if p in cmd and ("tritonserver" in cmd[p] or "triton_python_backend_stub" in cmd[p])]
-
-
-def _reference(x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return _model()(torch.from_numpy(x)).numpy()
-
-
-def _client(url: str) -> tuple[Any, Any]:
-    scheme, address = url.split("://")
-    mod = importlib.import_module(f"tritonclient.{scheme}")
-    return mod, mod.InferenceServerClient(address)
-
-
-def _infer(url: str, model: str, x: np.ndarray) -> np.ndarray:
-    mod, client = _client(url)
-    request = mod.InferInput("input", list(x.shape), "FP32")
-    request.set_data_from_numpy(x)
-    return client.infer(model, [request]).as_numpy("output")
 
 
 # --------------------------------------------------------------------------- servers
@@ -195,14 +166,6 @@ def test_a_too_long_tmpdir_is_a_clear_error(work: Path, tmp_path: Path, monkeypa
     with pytest.raises(InputError, match="too long a path for Triton's local sockets"):
         start_server(work / "small.onnx")
     assert list(long_dir.iterdir()) == []
-
-
-def _state(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return stat[stat.rindex(")") + 2]
 
 
 # --------------------------------------------------------------------------- what gets served

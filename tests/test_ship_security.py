@@ -29,7 +29,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.contract import assert_one_line_error, finishes, invoke
-from tests.test_serve import _infer, _model, _reference, _state, needs_pytriton
+from tests.serving import infer as _infer
+from tests.serving import model as _model
+from tests.serving import needs_pytriton
+from tests.serving import proc_state as _state
+from tests.serving import reference as _reference
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
