@@ -10,12 +10,14 @@ processes and in alternating order:
 - the peer: :data:`BARE` (``torch.load``, ``torch.onnx.export(dynamo=True)`` of the model as it is
   with the same dynamic batch, one ONNX Runtime session and one run).
 
-    .venv/bin/python benchmarks/export_cost.py [--repeat 3] [--cli "COMMAND"]
+    .venv/bin/python benchmarks/export_cost.py [--repeat 3] [--checkout DIR ...]
 
-``--cli`` times another copy of wconv-deploy (e.g. ``--cli "python -m wconv_deploy"`` with an older
-checkout first on ``PYTHONPATH``); the default is the ``wconv-deploy`` script beside this Python.
+``--checkout DIR`` also times the wconv-deploy of another source tree (``python -m wconv_deploy``
+with DIR first on ``PYTHONPATH``; e.g. ``git archive OLD wconv_deploy | tar -x -C DIR``) in the
+same rounds, for a before/after against the same peer. Every command runs from the temporary
+folder, so ``-m`` never picks up the package of the current directory.
 
-Prints every run, both medians, their ratio and a Markdown row for docs/BENCHMARKS.md.
+Prints every run, the medians, each ratio to the peer and Markdown rows for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -52,50 +53,62 @@ session.run(None, {{session.get_inputs()[0].name: x[:1].numpy()}})
 """
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: str) -> float:
     """Wall time of ``cmd`` in a fresh process (its output discarded; a failure stops the run)."""
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{cmd[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
     return elapsed
 
 
+def with_path(*folders: str) -> dict[str, str]:
+    """The environment with ``folders`` first on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [*folders, os.environ.get("PYTHONPATH")]))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3, help="rounds (each runs both once)")
-    ap.add_argument("--cli", default=str(Path(sys.executable).with_name("wconv-deploy")), help="command that runs wconv-deploy")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (each runs every command once)")
+    ap.add_argument("--checkout", action="append", default=[], metavar="DIR", help="also time wconv-deploy from this tree")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = resnet18_weighted()
     params = sum(p.numel() for p in model.parameters())
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}")
-    times: dict[str, list[float]] = {"ours": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "resnet18_wconv.pt"
         torch.save(model, src)
-        cmds = {
-            "ours": [*shlex.split(args.cli), "export", str(src), "--trust-pickle", "--input-shape", SHAPE, "--dynamic", DYNAMIC]
-            + ["-o", str(Path(tmp) / "ours.onnx")],
-            "bare": [sys.executable, "-c", BARE, str(src), str(Path(tmp) / "bare.onnx")],
+        export = ["export", str(src), "--trust-pickle", "--input-shape", SHAPE, "--dynamic", DYNAMIC, "-o"]
+        runs = {  # name -> (command, environment)
+            "ours": ([str(Path(sys.executable).with_name("wconv-deploy")), *export, f"{tmp}/ours.onnx"], with_path(str(HERE))),
+            "bare": ([sys.executable, "-c", BARE, str(src), f"{tmp}/bare.onnx"], with_path(str(HERE))),
         }
+        for i, tree in enumerate(args.checkout):
+            cmd = [sys.executable, "-m", "wconv_deploy", *export, f"{tmp}/checkout{i}.onnx"]
+            runs[tree] = (cmd, with_path(str(Path(tree).resolve()), str(HERE)))
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
         for i in range(args.repeat):
-            order = ["ours", "bare"] if i % 2 == 0 else ["bare", "ours"]  # drift hits both alike
-            for name in order:
-                times[name].append(timed(cmds[name], env))
-            load = os.getloadavg()[0]
-            print(f"round {i}: ours {times['ours'][-1]:.2f} s, bare {times['bare'][-1]:.2f} s (load average {load:.2f})")
-    ours, bare = statistics.median(times["ours"]), statistics.median(times["bare"])
-    print(f"median of {args.repeat}: ours {ours:.2f} s, bare {bare:.2f} s, ratio {ours / bare:.2f}x")
-    print()
-    print("| model | inputs | runs | `wconv-deploy export` (s, median) | bare script (s, median) | ratio |")
-    print("|---|---|---|---|---|---|")
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotated: drift hits all alike
+                times[name].append(timed(*runs[name], tmp))
+            line = ", ".join(f"{name} {t[-1]:.2f} s" for name, t in times.items())
+            print(f"round {i}: {line} (load average {os.getloadavg()[0]:.2f})")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    bare = medians.pop("bare")
     print(
-        f"| CIFAR ResNet-18 wConv ({params / 1e6:.1f} M params) | {SHAPE}, --dynamic {DYNAMIC} | {args.repeat} "
-        f"| {ours:.2f} | {bare:.2f} | {ours / bare:.2f}x |"
+        f"median of {args.repeat}: bare {bare:.2f} s, "
+        + ", ".join(f"{n} {m:.2f} s ({m / bare:.2f}x)" for n, m in medians.items())
     )
+    print()
+    print("| wconv-deploy | model | inputs | runs | `wconv-deploy export` (s, median) | bare script (s, median) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, m in medians.items():
+        print(
+            f"| {name} | CIFAR ResNet-18 wConv ({params / 1e6:.1f} M params) | {SHAPE}, --dynamic {DYNAMIC} "
+            f"| {args.repeat} | {m:.2f} | {bare:.2f} | {m / bare:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

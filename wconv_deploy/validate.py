@@ -333,8 +333,8 @@ def validate(
     from wconv_deploy.runtimes.torch import TorchRuntime
 
     ort_rt = OnnxRuntime(onnx_path)
-    if spec is None:
-        spec = spec_from_onnx(onnx_path)
+    if spec is None:  # the one the session read with the file: not a second read
+        spec = _stored(ort_rt.spec, onnx_path)
     if sorted(ort_rt.input_names) != sorted(spec.names):
         raise InputError(f"{onnx_path} takes inputs {ort_rt.input_names}, the input spec names {spec.names}")
     label = "PyTorch"
@@ -363,7 +363,10 @@ def spec_from_onnx(onnx_path: str | os.PathLike[str], model: Any = None) -> Inpu
     ``model``: the file already read, so that it is not read twice."""
     from wconv_deploy.artifacts import read_onnx
 
-    spec = spec_from_model(model if model is not None else read_onnx(onnx_path), os.fspath(onnx_path))
+    return _stored(spec_from_model(model if model is not None else read_onnx(onnx_path), os.fspath(onnx_path)), onnx_path)
+
+
+def _stored(spec: InputSpec | None, onnx_path: str | os.PathLike[str]) -> InputSpec:
     if spec is None:
         raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
     return spec
