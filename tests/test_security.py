@@ -18,11 +18,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.contract import DNCNN, assert_ok, assert_one_line_error, console_script, finishes, invoke
-from wconv_deploy.artifacts import external_data_files, graph_io, parse_json, read_onnx
+from wconv_deploy.artifacts import OnnxInfo, external_data_files, graph_io, parse_json, read_onnx
 from wconv_deploy.errors import InputError
 from wconv_deploy.fileio import atomic_output, open_regular, regular_file
 from wconv_deploy.spec import InputSpec, input_limit
-from wconv_deploy.validate import load_inputs, spec_from_onnx
+from wconv_deploy.validate import load_inputs
 
 
 def _tiny_external(folder: Path, location: str, *, in_constant: bool = False) -> Path:
@@ -180,7 +180,7 @@ def _with_metadata(src: Path, dst: Path, key: str, value: str) -> Path:
 def test_hostile_metadata_is_one_line(dncnn_static_onnx: Path, tmp_path: Path, value: str, needle: str) -> None:
     bad = _with_metadata(dncnn_static_onnx, tmp_path / "bad.onnx", "wconv_deploy.input_spec", value)
     with pytest.raises(InputError, match=needle):
-        spec_from_onnx(bad)
+        OnnxInfo.read(bad)
     assert_one_line_error(invoke("convert", bad, "--precision", "fp16"), 2)
     assert not (tmp_path / "bad.fp16.onnx").exists()
 

@@ -440,11 +440,7 @@ class BuildManifest(Report):
         if self.input_spec is None:
             return from_profile
         exported = InputSpec.from_dict(self.input_spec)
-        if (
-            exported.names != from_profile.names
-            or exported.shapes()
-            and [len(s) for s in exported.shapes()] != [len(s) for s in from_profile.shapes()]
-        ):
+        if exported.names != from_profile.names or [len(s) for s in exported.shapes()] != [len(s) for s in from_profile.shapes()]:
             return from_profile
         # the export named the axes; the profile bounds them
         inputs = tuple(

@@ -332,9 +332,10 @@ def validate(
     from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
     from wconv_deploy.runtimes.torch import TorchRuntime
 
-    ort_rt = OnnxRuntime(onnx_path)
-    if spec is None:  # the one the session read with the file: not a second read
-        spec = _stored(ort_rt.spec, onnx_path)
+    ort_rt = OnnxRuntime(onnx_path, spec=spec)  # without a spec: the one stored in the file, read once
+    if ort_rt.spec is None:
+        raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
+    spec = ort_rt.spec
     if sorted(ort_rt.input_names) != sorted(spec.names):
         raise InputError(f"{onnx_path} takes inputs {ort_rt.input_names}, the input spec names {spec.names}")
     label = "PyTorch"
@@ -356,24 +357,3 @@ def validate(
         rtol=rtol,
         output_names=ort_rt.output_names,
     )
-
-
-def spec_from_onnx(onnx_path: str | os.PathLike[str], model: Any = None) -> InputSpec:
-    """The input spec ``export_onnx`` stored in the file's metadata (InputError if absent);
-    ``model``: the file already read, so that it is not read twice."""
-    from wconv_deploy.artifacts import read_onnx
-
-    return _stored(spec_from_model(model if model is not None else read_onnx(onnx_path), os.fspath(onnx_path)), onnx_path)
-
-
-def _stored(spec: InputSpec | None, onnx_path: str | os.PathLike[str]) -> InputSpec:
-    if spec is None:
-        raise InputError(f"{onnx_path} was not written by wconv-deploy export; pass --input-shape")
-    return spec
-
-
-def spec_from_model(model: Any, where: str) -> InputSpec | None:
-    """The input spec stored in a loaded ONNX model's metadata, or None if it has none."""
-    from wconv_deploy.artifacts import stored_spec
-
-    return stored_spec(model, where)

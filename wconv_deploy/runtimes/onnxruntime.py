@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from wconv_deploy._optional import missing, require
+from wconv_deploy._optional import require
 from wconv_deploy.errors import InputError
 from wconv_deploy.precision import Precision
 from wconv_deploy.runtimes.base import Runtime, RuntimeInfo, cpu_name
@@ -26,10 +26,10 @@ PROVIDERS = {
 
 def unavailable_reason(name: str) -> str | None:
     """Why the ONNX Runtime flavour ``name`` cannot run here, or None if it can."""
-    reason = missing("onnxruntime", "cpu")
-    if reason:
-        return reason
-    ort = require("onnxruntime", "cpu")
+    try:
+        ort = require("onnxruntime", "cpu")
+    except InputError as e:
+        return str(e)
     first = PROVIDERS[name][0]
     if first not in ort.get_available_providers():
         return f"this onnxruntime has no {first} (has: {', '.join(ort.get_available_providers())})"
