@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from wconv_deploy.exporters.onnx import export_onnx
+from wconv_deploy.loading import load_model
 from wconv_deploy.ship.loadtest import loadtest
 from wconv_deploy.ship.package import package
 from wconv_deploy.ship.serve import start_server
@@ -29,7 +30,7 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / "denoiser.onnx"
-        export_onnx("zoo:denoiser", onnx_path, InputSpec.parse("input:1x1x256x256", "batch=1:8"))
+        export_onnx(load_model("zoo:denoiser"), onnx_path, InputSpec.parse("input:1x1x256x256", "batch=1:8"))
         package([onnx_path], Path(tmp) / "models", "denoiser", dynamic_batching=True)
         with start_server(Path(tmp) / "models", progress=print) as server:
             for url in (server.http_url, server.grpc_url):

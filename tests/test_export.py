@@ -20,7 +20,9 @@ from torch import nn
 from tests import refstyle
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import check_graph, default_output, export_onnx, fold_constants
+from wconv_deploy.loading import load_model
 from wconv_deploy.nn import TrainableWeightedConv2d, WeightedConv1d, WeightedConv2d
+from wconv_deploy.options import CheckOptions
 from wconv_deploy.spec import InputSpec
 
 MUST_REACH_REL = 1e-5
@@ -147,7 +149,7 @@ def _assert_no_weight_arithmetic(path: Path) -> None:
 def test_reference_models_export_plain_and_match(saved: Path, tmp_path: Path, name: str, dynamic: str | None) -> None:
     out = tmp_path / f"{name}.onnx"
     spec = InputSpec.parse(SHAPES[name], dynamic)
-    report = export_onnx(saved / f"{name}.pt", out, spec, arch=f"{saved / 'nets.py'}:{name}")
+    report = export_onnx(load_model(saved / f"{name}.pt", arch=f"{saved / 'nets.py'}:{name}"), out, spec)
     assert len(report.fold.folded) == LAYERS[name]
     assert report.graph.passed and report.graph.conv_nodes == report.graph.expected_convs
     _assert_no_weight_arithmetic(out)
@@ -161,7 +163,7 @@ def test_reference_models_export_plain_and_match(saved: Path, tmp_path: Path, na
 def test_torchscript_exporter_gives_the_same_guarantees(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "ts.onnx"
     spec = InputSpec.parse("1x3x16x16", "batch,height,width")
-    report = export_onnx(saved / "net2d.pt", out, spec, arch=f"{saved / 'nets.py'}:net2d", exporter="torchscript")
+    report = export_onnx(load_model(saved / "net2d.pt", arch=f"{saved / 'nets.py'}:net2d"), out, spec, exporter="torchscript")
     assert report.exporter == "torch.onnx (TorchScript)"
     assert report.graph.passed and report.graph.conv_nodes == 4
     _assert_no_weight_arithmetic(out)
@@ -169,7 +171,7 @@ def test_torchscript_exporter_gives_the_same_guarantees(saved: Path, tmp_path: P
     assert dims == ["batch", 3, "height", "width"]
     assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
     with pytest.raises(InputError, match="--exporter"):
-        export_onnx(saved / "net2d.pt", out, spec, arch=f"{saved / 'nets.py'}:net2d", exporter="tflite")
+        export_onnx(load_model(saved / "net2d.pt", arch=f"{saved / 'nets.py'}:net2d"), out, spec, exporter="tflite")
 
 
 def test_full_pickle_of_reference_classes_needs_trust_for_user_blocks(
@@ -177,10 +179,10 @@ def test_full_pickle_of_reference_classes_needs_trust_for_user_blocks(
 ) -> None:
     spec = InputSpec.parse("1x3x16x16")
     with pytest.raises(InputError, match="nets.ResBlock"):
-        export_onnx(saved / "net2d_full.pt", tmp_path / "a.onnx", spec)
+        export_onnx(load_model(saved / "net2d_full.pt"), tmp_path / "a.onnx", spec)
     assert not (tmp_path / "a.onnx").exists()
     monkeypatch.chdir(saved)  # the user's code is importable from where they run the tool
-    report = export_onnx(saved / "net2d_full.pt", tmp_path / "a.onnx", spec, trust_pickle=True, fold_bn=True)
+    report = export_onnx(load_model(saved / "net2d_full.pt", trust_pickle=True), tmp_path / "a.onnx", spec, fold_bn=True)
     assert len(report.fold.fused_bn) == 2  # stem and block
     assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
 
@@ -189,7 +191,7 @@ def test_full_pickle_of_reference_classes_needs_trust_for_user_blocks(
 def test_graph_only_formats_are_folded_on_the_graph(saved: Path, tmp_path: Path, source: str) -> None:
     out = tmp_path / "g.onnx"
     trust = source.endswith("_script.pt")  # TorchScript is code: loading it as a graph needs the flag
-    report = export_onnx(saved / source, out, InputSpec.parse("2x3x16x16"), trust_pickle=trust)
+    report = export_onnx(load_model(saved / source, trust_pickle=trust), out, InputSpec.parse("2x3x16x16"))
     assert report.fold.deferred
     assert report.graph.passed and report.graph.conv_nodes == 4
     _assert_no_weight_arithmetic(out)
@@ -201,12 +203,12 @@ def test_graph_formats_with_arch_export_their_weights_folded_as_modules(saved: P
     """--arch takes only the tensors of a TorchScript archive or .pt2 program: nothing from the file
     runs, and the model is the user's own code, folded layer by layer like a state_dict."""
     out = tmp_path / "w.onnx"
-    report = export_onnx(saved / source, out, InputSpec.parse("2x3x16x16"), arch=f"{saved / 'nets.py'}:net2d")
+    report = export_onnx(load_model(saved / source, arch=f"{saved / 'nets.py'}:net2d"), out, InputSpec.parse("2x3x16x16"))
     assert not report.fold.deferred and len(report.fold.folded) == 4
     assert report.validation is not None and report.validation.worst["max_rel"] <= MUST_REACH_REL
     import onnxruntime as ort
 
-    export_onnx(saved / "net2d.pt2", tmp_path / "g.onnx", InputSpec.parse("2x3x16x16"), validate_output=False)
+    export_onnx(load_model(saved / "net2d.pt2"), tmp_path / "g.onnx", InputSpec.parse("2x3x16x16"), validate_output=False)
     x = {"input": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
     ours, graph = (ort.InferenceSession(os.fspath(p)).run(None, x)[0] for p in (out, tmp_path / "g.onnx"))
     assert np.abs(ours - graph).max() <= 1e-4 * np.abs(graph).max()  # the file's weights, not a fresh init
@@ -215,7 +217,7 @@ def test_graph_formats_with_arch_export_their_weights_folded_as_modules(saved: P
 def test_metadata_dynamic_names_and_report_file(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     spec = InputSpec.parse("1x3x16x16", "batch,height,width")
-    report = export_onnx(saved / "net2d.pt", out, spec, arch=f"{saved / 'nets.py'}:net2d")
+    report = export_onnx(load_model(saved / "net2d.pt", arch=f"{saved / 'nets.py'}:net2d"), out, spec)
     model = onnx.load(out)
     props = {p.key: p.value for p in model.metadata_props}
     assert props["wconv_deploy.source_sha256"] == report.source_sha256
@@ -232,7 +234,8 @@ def test_metadata_dynamic_names_and_report_file(saved: Path, tmp_path: Path) -> 
 def test_failed_validation_writes_no_model_but_a_report(saved: Path, tmp_path: Path) -> None:
     out = tmp_path / "strict.onnx"
     with pytest.raises(MismatchError) as err:
-        export_onnx(saved / "net2d.pt", out, InputSpec.parse("1x3x16x16"), arch=f"{saved / 'nets.py'}:net2d", atol=0, rtol=0)
+        loaded = load_model(saved / "net2d.pt", arch=f"{saved / 'nets.py'}:net2d")
+        export_onnx(loaded, out, InputSpec.parse("1x3x16x16"), checks=CheckOptions(atol=0, rtol=0))
     assert "would pass with --atol" in err.value.report.render()
     assert not out.exists()
     assert json.loads((tmp_path / "strict.onnx.report.json").read_text())["validation"]["passed"] is False

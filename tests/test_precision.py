@@ -49,9 +49,9 @@ def _classifier() -> nn.Module:
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("precision")
     entry = get_entry("denoiser")
-    export_onnx("zoo:denoiser", d / "den.onnx", InputSpec.parse(entry.input_shape, entry.dynamic))
+    export_onnx(load_model("zoo:denoiser"), d / "den.onnx", InputSpec.parse(entry.input_shape, entry.dynamic))
     torch.save(_classifier(), d / "cls.pt")
-    export_onnx(d / "cls.pt", d / "cls.onnx", InputSpec.parse("input:1x3x16x16", "batch=1:4"), trust_pickle=True)
+    export_onnx(load_model(d / "cls.pt", trust_pickle=True), d / "cls.onnx", InputSpec.parse("input:1x3x16x16", "batch=1:4"))
     # calibration: the demo photo under four other noise draws than the one PSNR is measured on
     clean = demo_image()
     noisy = [add_gaussian_noise(clean, DENOISER_SIGMA, seed)[None].numpy() for seed in (11, 12, 13, 14)]
@@ -200,7 +200,7 @@ def test_resnet18_variants_validate_and_run_in_onnxruntime_and_openvino(tmp_path
     from wconv_deploy.bench import run_bench
 
     fp32 = tmp_path / "r18.onnx"
-    export_onnx("zoo:resnet18_cifar", fp32, InputSpec.parse("input:1x3x32x32", "batch=1:4"))
+    export_onnx(load_model("zoo:resnet18_cifar"), fp32, InputSpec.parse("input:1x3x32x32", "batch=1:4"))
     ref = load_model("zoo:resnet18_cifar")
     for precision in ("fp16", "int8"):
         out = tmp_path / f"r18.{precision}.onnx"

@@ -19,6 +19,7 @@ from wconv_deploy.artifacts import BuildManifest, OnnxInfo, manifest_path
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.trt_plan import BuildConfig, BuildPlan, manifest_for, profiles_from_spec
+from wconv_deploy.loading import load_model
 from wconv_deploy.ship import check as ship_check
 from wconv_deploy.ship import package as ship_package
 from wconv_deploy.ship.check import check_model, check_repository
@@ -44,7 +45,7 @@ def batched(onnx_dir: Path) -> Path:
     """The zoo denoiser with dynamic batch (1..8), height and width."""
     path = onnx_dir / "denoiser.onnx"
     spec = InputSpec.parse("input:1x1x32x32", "batch=1:8,height=16:64,width=16:64")
-    export_onnx("zoo:denoiser", path, spec, exporter="torchscript", validate_output=False)
+    export_onnx(load_model("zoo:denoiser"), path, spec, exporter="torchscript", validate_output=False)
     return path
 
 

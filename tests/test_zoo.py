@@ -181,7 +181,7 @@ def test_dncnn_predicts_noise_and_nafnet_starts_from_zero_residual_scales() -> N
 def test_every_zoo_model_exports_and_validates(tmp_path: Path, name: str) -> None:
     entry = get_entry(name)
     spec = InputSpec.parse(entry.input_shape, entry.dynamic)
-    report = export_onnx(f"zoo:{name}", tmp_path / f"{name}.onnx", spec)
+    report = export_onnx(load_model(f"zoo:{name}"), tmp_path / f"{name}.onnx", spec)
     assert report.graph.passed and report.graph.conv_nodes == report.graph.expected_convs
     assert report.validation is not None and report.validation.passed
     assert report.validation.worst["max_rel"] <= 1e-5

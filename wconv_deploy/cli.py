@@ -367,7 +367,6 @@ def export(
 
     spec = shapes.resolve(source.uri)
     emit.progress(f"loading {source.uri}")
-    atol, rtol = checks.tolerance()
     report = export_onnx(
         source.load(),
         output,
@@ -376,10 +375,7 @@ def export(
         exporter=exporter,
         fold_bn=fold_bn,
         validate_output=not no_validate,
-        inputs=checks.inputs,
-        atol=atol,
-        rtol=rtol,
-        seed=checks.seed,
+        checks=checks,
         progress=emit.progress,
     )
     emit(report)

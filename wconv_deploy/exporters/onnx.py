@@ -33,10 +33,11 @@ from wconv_deploy.errors import DISK_FULL, InputError, MismatchError, WconvError
 from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
 from wconv_deploy.interrupts import raise_if_interrupted
-from wconv_deploy.loading import LoadedModel, load_model
+from wconv_deploy.loading import LoadedModel
+from wconv_deploy.options import CheckOptions
 from wconv_deploy.reports import Report, dumps
 from wconv_deploy.spec import InputSpec
-from wconv_deploy.validate import DEFAULT_ATOL, DEFAULT_RTOL, ValidationReport, validate
+from wconv_deploy.validate import ValidationReport, validate
 
 DEFAULT_OPSET = 18
 #: protobuf cannot serialise a message over 2 GiB; larger models keep weights in a side file.
@@ -355,7 +356,7 @@ def default_output(model: str | os.PathLike[str]) -> Path:
 
 
 def export_onnx(
-    model: str | os.PathLike[str] | nn.Module | LoadedModel,
+    model: nn.Module | LoadedModel,
     output: str | os.PathLike[str] | None,
     spec: InputSpec,
     *,
@@ -363,17 +364,12 @@ def export_onnx(
     exporter: str = "dynamo",
     fold_bn: bool = False,
     validate_output: bool = True,
-    inputs: str | os.PathLike[str] | None = None,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    seed: int = 0,
-    trust_pickle: bool = False,
-    arch: str | None = None,
-    checkpoint_key: str | None = None,
+    checks: CheckOptions | None = None,
     progress: Progress | None = None,
 ) -> ExportReport:
-    """Load ``model`` (a path, module or LoadedModel), fold it, export it to ``output`` as ONNX,
-    check the graph and validate it against the original in ONNX Runtime.
+    """Fold ``model`` (a module, or a LoadedModel from :func:`load_model`), export it to
+    ``output`` as ONNX, check the graph and validate it against the original in ONNX Runtime
+    with ``checks`` (fp32 tolerances unless it sets them).
 
     Raises :class:`InputError` for bad input or a failed export, :class:`MismatchError` when a
     structural check or the validation fails. In both cases nothing is written at ``output``;
@@ -381,11 +377,10 @@ def export_onnx(
     """
     say = progress or (lambda _msg: None)
     loaded = model if isinstance(model, LoadedModel) else None
-    if isinstance(model, (str, os.PathLike)):
-        say(f"loading {os.fspath(model)}")
-        loaded = load_model(model, trust_pickle=trust_pickle, arch=arch, checkpoint_key=checkpoint_key)
     module = loaded.model if loaded is not None else model
     assert isinstance(module, nn.Module)
+    checks = checks or CheckOptions()
+    seed = checks.seed
     out = Path(output) if output is not None else default_output(loaded.path if loaded else "model")
     _check_writable(out)
     if not 7 <= opset <= onnx.defs.onnx_opset_version():
@@ -438,7 +433,8 @@ def export_onnx(
         if validate_output:
             say(f"validating in onnxruntime against PyTorch ({len(spec.validation_shapes())} input shape(s))")
             reference = loaded if loaded is not None else module
-            report.validation = validate(staged, reference, spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed)
+            atol, rtol = checks.tolerance()
+            report.validation = validate(staged, reference, spec, inputs=checks.inputs, atol=atol, rtol=rtol, seed=seed)
             report.validation.artifact = out.name
             if not report.validation.passed:
                 write_text_atomic(_report_path(out), dumps(report))
