@@ -1,7 +1,7 @@
 """TensorRT engine builds: optimisation profiles from an exported ONNX's input spec, the precision
-plan for TensorRT 10 and 11, the builder-config plumbing (on a fake TensorRT), the manifest and
-the compatibility check, the install hint without TensorRT, and (with TensorRT and a GPU) real
-engines that match PyTorch."""
+plan for TensorRT 10 and 11, the manifest and the compatibility check, the install hint without
+TensorRT, and (with TensorRT and a GPU) real engines that match PyTorch. The Polygraphy loader
+chain on a TensorRT double is in test_trt_polygraphy.py."""
 
 from __future__ import annotations
 
@@ -21,18 +21,20 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.contract import fake_local_gpu
 from wconv_deploy.artifacts import BuildManifest, OnnxInfo, graph_precision, manifest_path, qdq_count
 from wconv_deploy.errors import InputError
 from wconv_deploy.exporters.onnx import export_onnx
-from wconv_deploy.exporters.tensorrt import apply_build_config, build_engine
+from wconv_deploy.exporters.tensorrt import build_engine
 from wconv_deploy.exporters.trt_plan import (
     BuildConfig,
     BuildPlan,
     check_engine_compatible,
     manifest_for,
-    network_flags_for,
     plan_build,
     profiles_from_spec,
+    profiles_to_json,
+    strongly_typed_network,
     trt_major,
 )
 from wconv_deploy.precision import Precision
@@ -100,6 +102,24 @@ def test_profile_overrides_are_applied(onnx_file: Path) -> None:
     assert p["a"][2] == (4, 3, 8, 8) and p["b"][2] == (4, 1, 8, 8)
     [p] = profiles_from_spec(two, max_shape="b:2x1x8x8")
     assert p["a"][2] == (8, 3, 8, 8) and p["b"][2] == (2, 1, 8, 8)
+
+
+def test_repeated_overrides_make_several_profiles(onnx_file: Path) -> None:
+    spec = spec_from_onnx(onnx_file)
+    profiles = profiles_from_spec(spec, min_shape=["1x1x8x8", "1x1x16x16"], max_shape=("4x1x16x16", "8x1x64x64"))
+    assert profiles == [
+        {"input": ((1, 1, 8, 8), (1, 1, 16, 16), (4, 1, 16, 16))},
+        {"input": ((1, 1, 16, 16), (1, 1, 16, 16), (8, 1, 64, 64))},
+    ]
+    assert profiles_from_spec(spec, min_shape=[], max_shape=()) == profiles_from_spec(spec)  # click's empty tuples
+    with pytest.raises(InputError, match="^profile 1: input 'input' axis 0 \\(batch\\): min 2 is larger than opt 1$"):
+        profiles_from_spec(
+            spec, min_shape=["1x1x8x8", "2x1x8x8"], max_shape=["4x1x16x16", "8x1x64x64"], opt_shape=["1x1x16x16"] * 2
+        )
+    with pytest.raises(InputError, match="^profile 0: --max-shape: input 'input' has rank 4"):
+        profiles_from_spec(spec, max_shape=["8x1x32", "8x1x32x32"])
+    with pytest.raises(InputError, match="--opt-shape 2 times, --max-shape 3 times: give each of them once per"):
+        profiles_from_spec(spec, opt_shape=["1x1x16x16"] * 2, max_shape=["8x1x32x32"] * 3)
 
 
 @pytest.mark.parametrize(
@@ -225,84 +245,16 @@ def test_spec_of_a_foreign_onnx_is_its_static_shapes(onnx_file: Path) -> None:
         OnnxInfo.of(dynamic, "t.onnx").spec_or_static()
 
 
-# --------------------------------------------------------------------------- builder plumbing (fake TensorRT)
+# --------------------------------------------------------------------------- build options
 
 
-class FakeConfig:
-    def __init__(self, profile_index: int = 0) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.profile_index = profile_index
-        self.hardware_compatibility_level: Any = None
+def test_strongly_typed_network_only_where_the_flag_exists() -> None:
+    from types import SimpleNamespace as NS
 
-    def set_flag(self, flag: str) -> None:
-        self.calls.append(("set", flag))
-
-    def clear_flag(self, flag: str) -> None:
-        self.calls.append(("clear", flag))
-
-    def add_optimization_profile(self, profile: Any) -> int:
-        self.calls.append(("profile", profile.shapes))
-        return self.profile_index
-
-    def set_memory_pool_limit(self, pool: str, size: int) -> None:
-        self.calls.append(("pool", pool, size))
-
-
-class FakeProfile:
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple[Any, ...]] = {}
-
-    def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
-        self.shapes[name] = (lo, opt, hi)
-
-
-def fake_trt(*missing: str) -> SimpleNamespace:
-    flags = {n: f"flag:{n}" for n in ("FP16", "BF16", "INT8", "TF32", "VERSION_COMPATIBLE") if n not in missing}
-    return SimpleNamespace(
-        __version__="10.3.0",
-        BuilderFlag=SimpleNamespace(**flags),
-        MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"),
-        HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="ampere_plus"),
-        NetworkDefinitionCreationFlag=SimpleNamespace(**({} if "STRONGLY_TYPED" in missing else {"STRONGLY_TYPED": 1})),
-    )
-
-
-def test_network_flags() -> None:
-    assert network_flags_for(fake_trt(), BuildPlan(True)) == 1 << 1
-    assert network_flags_for(fake_trt(), BuildPlan(False, ("FP16",))) == 0
-    assert network_flags_for(fake_trt("STRONGLY_TYPED"), BuildPlan(True)) == 0  # always strongly typed there
-
-
-def test_apply_build_config_sets_what_the_plan_and_options_say() -> None:
-    profile = {"input": ((1, 1, 8, 8), (1, 1, 16, 16), (8, 1, 32, 32))}
-    build = BuildConfig("fp16", [profile], workspace_gb=1.5, version_compatible=True, hardware_compatibility="ampere+")
-    builder, config = SimpleNamespace(create_optimization_profile=FakeProfile), FakeConfig()
-    apply_build_config(fake_trt(), builder, config, build, BuildPlan(False, ("FP16",), ("TF32",)))
-    assert config.calls == [
-        ("set", "flag:FP16"),
-        ("clear", "flag:TF32"),
-        ("profile", profile),
-        ("pool", "workspace", int(1.5 * 2**30)),
-        ("set", "flag:VERSION_COMPATIBLE"),
-    ]
-    assert config.hardware_compatibility_level == "ampere_plus"
-    plain = FakeConfig()
-    apply_build_config(fake_trt(), builder, plain, BuildConfig("fp32", [profile]), BuildPlan(True, (), ("TF32",)))
-    assert plain.calls == [("clear", "flag:TF32"), ("profile", profile)] and plain.hardware_compatibility_level is None
-
-
-def test_apply_build_config_refuses_what_this_tensorrt_lacks() -> None:
-    builder = SimpleNamespace(create_optimization_profile=FakeProfile)
-    with pytest.raises(InputError, match="TensorRT 10.3.0 has no BuilderFlag.BF16"):
-        apply_build_config(fake_trt("BF16"), builder, FakeConfig(), BuildConfig("bf16"), BuildPlan(False, ("BF16",)))
-    with pytest.raises(InputError, match="same-compute-capability"):
-        apply_build_config(
-            fake_trt(), builder, FakeConfig(), BuildConfig(hardware_compatibility="same-compute-capability"), BuildPlan(False)
-        )
-    with pytest.raises(InputError, match="rejects the optimisation profile"):
-        apply_build_config(
-            fake_trt(), builder, FakeConfig(-1), BuildConfig(profiles=[{"x": ((1,), (2,), (3,))}]), BuildPlan(False)
-        )
+    with_flag, without = NS(NetworkDefinitionCreationFlag=NS(STRONGLY_TYPED=1)), NS(NetworkDefinitionCreationFlag=NS())
+    assert strongly_typed_network(with_flag, BuildPlan(True)) is True
+    assert strongly_typed_network(with_flag, BuildPlan(False, ("FP16",))) is False
+    assert strongly_typed_network(without, BuildPlan(True)) is False  # TensorRT 11: strongly typed always
 
 
 @pytest.mark.parametrize(
@@ -439,6 +391,24 @@ def test_incompatible_engines_are_refused(onnx_file: Path, changes: dict[str, An
     assert f"rebuild it here with wconv-deploy build {onnx_file} --precision fp16" in msg and msg.endswith("-o model.plan")
 
 
+def test_rebuild_command_names_profiles_that_are_not_the_exports(onnx_file: Path) -> None:
+    from wconv_deploy.exporters.trt_plan import rebuild_command
+
+    assert rebuild_command(_manifest(onnx_file), "m.plan") == f"wconv-deploy build {onnx_file} --precision fp16 -o m.plan"
+    spec = spec_from_onnx(onnx_file)
+    two = _manifest(onnx_file, profiles=profiles_to_json(profiles_from_spec(spec, max_shape=["2x1x16x16", "8x1x64x64"])))
+    assert rebuild_command(two, "m.plan") == (
+        f"wconv-deploy build {onnx_file} --precision fp16 "
+        "--min-shape input:1x1x8x8 --opt-shape input:1x1x16x16 --max-shape input:2x1x16x16 "
+        "--min-shape input:1x1x8x8 --opt-shape input:1x1x16x16 --max-shape input:8x1x64x64 -o m.plan"
+    )  # what the CLI takes back: the same two profiles
+    args = rebuild_command(two).split()
+    again = profiles_from_spec(
+        spec, *([args[i + 1] for i, a in enumerate(args) if a == f"--{w}-shape"] for w in ("min", "opt", "max"))
+    )
+    assert profiles_to_json(again) == two.profiles
+
+
 def test_runtime_checks_the_manifest_before_loading(onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The runtime's hook, with this machine's GPU and TensorRT faked (no TensorRT here)."""
     from wconv_deploy.runtimes.tensorrt import _check_manifest, _not_deserialised
@@ -470,7 +440,8 @@ def test_build_without_tensorrt_says_how_to_install(onnx_file: Path, tmp_path: P
     with pytest.raises(InputError) as e:
         build_engine(onnx_file, out, "fp16", timing_cache=tmp_path / "t.cache")
     msg = str(e.value)
-    assert "\n" not in msg and "tensorrt" in msg and "[gpu]" in msg and "pypi.nvidia.com" in msg
+    assert "\n" not in msg and msg.startswith("building an engine needs TensorRT: tensorrt is ")
+    assert "pip install tensorrt-cu12 (it pulls TensorRT's libraries from NVIDIA's package index, pypi.nvidia.com)" in msg
     assert sorted(os.listdir(tmp_path)) == []  # no engine, manifest, cache or temporary file
 
 
@@ -492,119 +463,6 @@ def test_build_refuses_bad_arguments_first(onnx_file: Path, tmp_path: Path, kwar
         build_engine(**args)
     assert needle in str(e.value)
     assert not (tmp_path / "m.plan").exists()
-
-
-class FakeBuilder:
-    """Just enough of trt.Builder for build_engine's orchestration; ``fail`` makes the build fail."""
-
-    def __init__(self, trt: Any, logger: Any) -> None:
-        self.trt, self.logger = trt, logger
-
-    def create_network(self, flags: int) -> Any:
-        self.trt.network_flags = flags
-        return SimpleNamespace(num_inputs=1, get_input=lambda i: SimpleNamespace(name="input"))
-
-    def create_builder_config(self) -> Any:
-        config = FakeConfig()
-        config.create_timing_cache = lambda data: SimpleNamespace(data=bytes(data), serialize=lambda: b"CACHE" + bytes(data))
-        config.set_timing_cache = lambda cache, ignore: config.calls.append(("cache", cache.data)) or True
-        config.get_timing_cache = lambda: config.timing_cache_set
-        self.trt.config = config
-        return config
-
-    def create_optimization_profile(self) -> FakeProfile:
-        return FakeProfile()
-
-    def build_serialized_network(self, network: Any, config: Any) -> bytes | None:
-        config.timing_cache_set = config.create_timing_cache(b"")
-        monitor = getattr(config, "progress_monitor", None)  # set only when build_engine has a progress callable
-        if monitor is not None:
-            monitor.phase_start("Building engine", None, 2)
-            monitor.phase_start("a nested phase", "Building engine", 2)
-        if self.trt.fail:
-            self.logger.log(self.trt.ILogger.Severity.ERROR, "no kernel for this layer")
-            return None
-        return b"ENGINE"
-
-
-def fake_tensorrt_module(fail: bool = False, parses: bool = True) -> SimpleNamespace:
-    trt = fake_trt()
-    severity = SimpleNamespace(ERROR="error", INTERNAL_ERROR="internal", WARNING="warning")
-    trt.ILogger = type("ILogger", (), {"Severity": severity, "__init__": lambda self: None})
-    trt.IProgressMonitor = type("IProgressMonitor", (), {"__init__": lambda self: None})
-    trt.Builder = lambda logger: FakeBuilder(trt, logger)
-    error = SimpleNamespace(node_name=lambda: "conv_3", node=lambda: 3, desc=lambda: "unsupported op\ndetails")
-    trt.OnnxParser = lambda network, logger: SimpleNamespace(
-        parse_from_file=lambda path: parses, num_errors=0 if parses else 1, get_error=lambda i: error
-    )
-    trt.fail = fail
-    trt.Runtime = object  # what tells the real package from its type stubs
-    return trt
-
-
-def fake_local_gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
-    """A CUDA device 0 as torch reports it (trt_plan.local_gpu asks torch)."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """build_engine on a fake TensorRT and GPU: its orchestration, with no TensorRT here."""
-
-    def install(**kwargs: Any) -> SimpleNamespace:
-        trt = fake_tensorrt_module(**kwargs)
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
-        fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
-        return trt
-
-    return install
-
-
-def test_build_writes_engine_manifest_and_timing_cache(onnx_file: Path, tmp_path: Path, fake_gpu: Any) -> None:
-    trt = fake_gpu()
-    out, cache = tmp_path / "m.plan", tmp_path / "t.cache"
-    cache.write_bytes(b"OLD")
-    said: list[str] = []
-    m = build_engine(onnx_file, out, "fp16", max_shape="4x1x64x64", workspace_gb=1.0, timing_cache=cache, progress=said.append)
-    assert out.read_bytes() == b"ENGINE" and cache.read_bytes() == b"CACHE"
-    assert BuildManifest.read(manifest_path(out)) == m
-    assert (m.tensorrt_version, m.gpu_name, m.compute_capability, m.precision, m.builder_flags) == (
-        "10.3.0", "NVIDIA H100", "9.0", "fp16", ["FP16"],
-    )  # fmt: skip
-    assert m.profiles[0]["input"] == {"min": [1, 1, 8, 8], "opt": [1, 1, 16, 16], "max": [4, 1, 64, 64]}
-    assert trt.network_flags == 0 and ("set", "flag:FP16") in trt.config.calls and ("cache", b"OLD") in trt.config.calls
-    assert ("pool", "workspace", 2**30) in trt.config.calls
-    assert "TensorRT: Building engine" in said and not any("nested" in s for s in said)
-    assert sorted(os.listdir(tmp_path)) == ["m.plan", "m.plan.json", "t.cache"]  # no temporary files left
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "needle"),
-    [
-        ({"fail": True}, "TensorRT could not build an engine from m.onnx: no kernel for this layer"),
-        ({"parses": False}, "TensorRT cannot parse m.onnx: conv_3: unsupported op"),
-    ],
-)
-def test_failed_build_writes_nothing(
-    onnx_file: Path, tmp_path: Path, fake_gpu: Any, kwargs: dict[str, bool], needle: str
-) -> None:
-    fake_gpu(**kwargs)
-    (tmp_path / "m.plan").write_bytes(b"previous engine")
-    with pytest.raises(InputError) as e:
-        build_engine(onnx_file, tmp_path / "m.plan", timing_cache=tmp_path / "t.cache")
-    assert str(e.value) == needle
-    assert sorted(os.listdir(tmp_path)) == ["m.plan"] and (tmp_path / "m.plan").read_bytes() == b"previous engine"
-
-
-def test_build_refuses_ampere_plus_on_an_older_gpu(
-    onnx_file: Path, tmp_path: Path, fake_gpu: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake_gpu()
-    fake_local_gpu(monkeypatch, "Tesla T4", (7, 5))
-    with pytest.raises(InputError, match="ampere\\+ needs an Ampere or later GPU to build on; Tesla T4 is sm 7.5"):
-        build_engine(onnx_file, tmp_path / "m.plan", hardware_compatibility="ampere+")
 
 
 # --------------------------------------------------------------------------- real engines (TensorRT + CUDA)
@@ -690,81 +548,6 @@ def test_cli_build_without_tensorrt_is_one_line_exit_2(onnx_file: Path, tmp_path
     from tests.contract import assert_one_line_error, invoke
 
     result = invoke("build", onnx_file, "-o", tmp_path / "m.plan", "--precision", "fp16")
-    assert_one_line_error(result, 2, "[gpu]", "pypi.nvidia.com")
+    assert_one_line_error(result, 2, "pip install tensorrt-cu12", "NVIDIA's package index")
     assert os.listdir(tmp_path) == []
     assert_one_line_error(invoke("build", onnx_file, "--precision", "fp64"), 2, "fp64")
-
-
-def test_a_version_compatible_engine_runs_its_embedded_code_only_when_trusted(
-    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A version-compatible plan carries TensorRT's lean runtime: code from the file."""
-    import wconv_deploy.runtimes.tensorrt as runtime_module
-
-    runtimes: list[SimpleNamespace] = []
-
-    def make_runtime(_logger: Any) -> SimpleNamespace:
-        runtimes.append(SimpleNamespace(engine_host_code_allowed=False, deserialize_cuda_engine=lambda _data: None))
-        return runtimes[-1]
-
-    class Logger:
-        ERROR = 0
-
-        def __init__(self, _level: int) -> None:
-            pass
-
-    fake = SimpleNamespace(__version__="10.3.0", Logger=Logger, Runtime=make_runtime)
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
-    engine = tmp_path / "model.plan"
-    engine.write_bytes(b"plan")
-    _manifest(onnx_file, version_compatible=True).write(manifest_path(engine))
-    with pytest.raises(InputError, match="embeds TensorRT runtime code .* pass --trust-pickle"):
-        runtime_module.TensorRTRuntime(engine)
-    assert all(not r.engine_host_code_allowed for r in runtimes)
-    with pytest.raises(InputError, match="could not deserialise"):  # trusted: allowed, then the fake plan fails
-        runtime_module.TensorRTRuntime(engine, trust_code=True)
-    assert runtimes[-1].engine_host_code_allowed is True
-
-
-def _fake_engine_tensorrt() -> SimpleNamespace:
-    """A TensorRT whose engines deserialise (one input, one output) but never run."""
-    engine = SimpleNamespace(
-        num_io_tensors=2,
-        get_tensor_name=lambda i: ("input", "output")[i],
-        get_tensor_mode=lambda name: "in" if name == "input" else "out",
-        create_execution_context=SimpleNamespace,
-    )
-    runtime = SimpleNamespace(deserialize_cuda_engine=lambda _data: engine)
-    logger = type("Logger", (), {"ERROR": 0, "__init__": lambda self, _level: None})
-    return SimpleNamespace(
-        __version__="10.3.0", Logger=logger, Runtime=lambda _logger: runtime, TensorIOMode=SimpleNamespace(INPUT="in")
-    )
-
-
-def test_runtime_takes_precision_and_spec_from_the_manifest(
-    onnx_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from wconv_deploy.runtimes.tensorrt import TensorRTRuntime
-
-    monkeypatch.setitem(sys.modules, "tensorrt", _fake_engine_tensorrt())
-    fake_local_gpu(monkeypatch, "NVIDIA H100", (9, 0))
-    monkeypatch.setattr(torch.cuda, "Stream", lambda _device: SimpleNamespace())
-    engine = tmp_path / "model.plan"
-    engine.write_bytes(b"plan")
-    unknown = TensorRTRuntime(engine, cuda_graph=True)  # no manifest
-    assert (unknown.name, unknown.input_names, unknown.output_names, unknown.spec) == ("trt-graph", ["input"], ["output"], None)
-    info = unknown.describe()
-    assert (info.device, info.precision, info.detail) == ("NVIDIA H100", Precision.FP16, "precision unknown (no manifest)")
-    with pytest.raises(InputError, match="inputs lack input"):
-        unknown.run({"x": np.zeros((1, 1, 16, 16), np.float32)})
-
-    _manifest(onnx_file).write(manifest_path(engine))
-    rt = TensorRTRuntime(engine)
-    assert rt.spec == spec_from_onnx(onnx_file) and rt.describe().precision == Precision.FP16 and rt.describe().label == "fp16"
-    _manifest(onnx_file, precision="tf32").write(manifest_path(engine))
-    assert TensorRTRuntime(engine).describe().label == "tf32"
-    with pytest.raises(InputError, match=r"input 'input' has shape \[1, 3, 16, 16\], which is outside"):
-        rt.run({"input": np.zeros((1, 3, 16, 16), np.float32)})  # refused before anything reaches the engine
-    given = InputSpec.parse("1x1x16x16")
-    assert TensorRTRuntime(engine, spec=given).spec == given

@@ -5,7 +5,8 @@ the CPU tests: importing this module imports neither TensorRT nor torch (:func:`
 torch when it is called).
 
 Profiles. One optimisation profile spans the input spec an export stored in the ONNX file
-(:func:`profiles_from_spec`); ``--min-shape``/``--opt-shape``/``--max-shape`` override it.
+(:func:`profiles_from_spec`); ``--min-shape``/``--opt-shape``/``--max-shape`` override it, and
+given N times each they make N profiles (as trtexec and Polygraphy take them).
 
 Precision. TensorRT 10 can lower an fp32 network itself: builder flags ``FP16``/``BF16``/``TF32``
 allow those kernels ("weakly typed"), and ``INT8`` needs Q/DQ nodes in the graph (no calibrator
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from wconv_deploy._optional import install_hint, missing
 from wconv_deploy.artifacts import BuildManifest, OnnxInfo, version_tuple
 from wconv_deploy.errors import InputError
 from wconv_deploy.fileio import file_sha256
@@ -39,6 +41,9 @@ from wconv_deploy.spec import InputSpec, Tensor, TensorSpec
 HARDWARE_COMPATIBILITY = {"ampere+": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}
 #: The oldest compute capability an ``ampere+`` engine runs on.
 AMPERE = (8, 0)
+#: What installs TensorRT for a user: PyPI's ``tensorrt-cu12`` is a small package whose install
+#: step fetches TensorRT's libraries from NVIDIA's index (the ``-libs`` wheels live there).
+TENSORRT_INSTALL = "pip install tensorrt-cu12 (it pulls TensorRT's libraries from NVIDIA's package index, pypi.nvidia.com)"
 
 Shape = tuple[int, ...]
 #: One optimisation profile: input name -> (min, opt, max) shapes.
@@ -49,30 +54,54 @@ Profile = dict[str, tuple[Shape, Shape, Shape]]
 
 
 def profiles_from_spec(
-    spec: InputSpec, min_shape: str | None = None, opt_shape: str | None = None, max_shape: str | None = None
+    spec: InputSpec,
+    min_shape: str | Sequence[str] | None = None,
+    opt_shape: str | Sequence[str] | None = None,
+    max_shape: str | Sequence[str] | None = None,
 ) -> list[Profile]:
-    """One optimisation profile: each input's (min, opt, max) shapes from the spec's axes.
+    """The optimisation profiles: each input's (min, opt, max) shapes from the spec's axes.
 
     ``min_shape``, ``opt_shape`` and ``max_shape`` override them, written like ``--input-shape``
     (``1x3x32x32``, or ``x:1x3x32x32,mask:1x1x32x32``; named inputs not listed keep the spec's
-    shapes). An override must keep each input's rank and static sizes, and every axis must end
-    up with ``min <= opt <= max``; otherwise InputError, naming the input, the axis and the sizes.
+    shapes). A list of N overrides makes N profiles, the i-th from the i-th of each option (every
+    option given must be given N times). An override must keep each input's rank and static
+    sizes, and every axis must end up with ``min <= opt <= max``; otherwise InputError, naming
+    the profile (when there are several), the input, the axis and the sizes.
     """
+    given = {
+        flag: [text] if isinstance(text, str) else list(text)
+        for flag, text in (("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape))
+        if text is not None and (isinstance(text, str) or len(text) > 0)
+    }
+    counts = {len(texts) for texts in given.values()}
+    if len(counts) > 1:
+        told = ", ".join(f"{flag} {len(texts)} times" for flag, texts in given.items())
+        raise InputError(f"{told}: give each of them once per optimisation profile")
+    n = counts.pop() if counts else 1
+    where = [f"profile {i}: " if n > 1 else "" for i in range(n)]
+    return [_profile(spec, {flag: texts[i] for flag, texts in given.items()}, where[i]) for i in range(n)]
+
+
+def _profile(spec: InputSpec, overrides: dict[str, str], where: str) -> Profile:
+    """One profile: the spec's shapes with ``overrides`` (flag -> text) applied and checked."""
     shapes = {t.name: [t.shape("min"), t.shape("opt"), t.shape("max")] for t in spec.inputs}
-    for which, (flag, text) in enumerate((("--min-shape", min_shape), ("--opt-shape", opt_shape), ("--max-shape", max_shape))):
-        if text is None:
+    for which, flag in enumerate(("--min-shape", "--opt-shape", "--max-shape")):
+        if flag not in overrides:
             continue
-        for name, shape in _parse_override(text, flag, spec).items():
-            _check_fits(spec.inputs[spec.names.index(name)], shape, flag)
-            shapes[name][which] = shape
+        try:
+            for name, shape in _parse_override(overrides[flag], flag, spec).items():
+                _check_fits(spec.inputs[spec.names.index(name)], shape, flag)
+                shapes[name][which] = shape
+        except InputError as e:
+            raise InputError(f"{where}{e}") from None
     for t in spec.inputs:
         lo, opt, hi = shapes[t.name]
         for axis, d in enumerate(t.dims):
             if not lo[axis] <= opt[axis]:
-                raise InputError(f"input {t.name!r} axis {axis} ({d.name}): min {lo[axis]} is larger than opt {opt[axis]}")
+                raise InputError(f"{where}input {t.name!r} axis {axis} ({d.name}): min {lo[axis]} is larger than opt {opt[axis]}")
             if not opt[axis] <= hi[axis]:
-                raise InputError(f"input {t.name!r} axis {axis} ({d.name}): opt {opt[axis]} is larger than max {hi[axis]}")
-    return [{name: (lo, opt, hi) for name, (lo, opt, hi) in shapes.items()}]
+                raise InputError(f"{where}input {t.name!r} axis {axis} ({d.name}): opt {opt[axis]} is larger than max {hi[axis]}")
+    return {name: (lo, opt, hi) for name, (lo, opt, hi) in shapes.items()}
 
 
 def _parse_override(text: str, flag: str, spec: InputSpec) -> dict[str, Shape]:
@@ -174,12 +203,10 @@ def plan_build(
     return BuildPlan(False, flags + lower, clear)
 
 
-def network_flags_for(trt: Any, plan: BuildPlan) -> int:
-    """The ``create_network`` flags for ``plan`` (duck-typed ``trt`` module)."""
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if not plan.strongly_typed or flag is None:  # a TensorRT without the flag is strongly typed always
-        return 0
-    return 1 << int(flag)
+def strongly_typed_network(trt: Any, plan: BuildPlan) -> bool:
+    """Whether to ask for a strongly typed network (Polygraphy's ``strongly_typed``): when the plan
+    says so and this TensorRT (duck-typed ``trt``) has the flag; one without it is strongly typed always."""
+    return plan.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
 
 
 @dataclass
@@ -301,13 +328,28 @@ def check_engine_compatible(
 
 
 def rebuild_command(manifest: BuildManifest, engine: str = "model.plan") -> str:
-    """The ``wconv-deploy build`` command line that rebuilds an engine as its manifest describes."""
+    """The ``wconv-deploy build`` command line that rebuilds an engine as its manifest describes
+    (its profiles as ``--min/--opt/--max-shape`` when they are not the export's own)."""
     args = ["wconv-deploy build", manifest.onnx_path, "--precision", manifest.precision]
+    exported = (
+        None if manifest.input_spec is None else profiles_to_json(profiles_from_spec(InputSpec.from_dict(manifest.input_spec)))
+    )
+    if manifest.profiles != exported:
+        for p in manifest.profiles:
+            for which in ("min", "opt", "max"):
+                args += [f"--{which}-shape", ",".join(f"{name}:{_x(shapes[which])}" for name, shapes in p.items())]
     if manifest.version_compatible:
         args.append("--version-compatible")
     if manifest.hardware_compatibility:
         args += ["--hardware-compatibility", manifest.hardware_compatibility]
     return " ".join([*args, "-o", engine])
+
+
+def tensorrt_missing() -> str | None:
+    """Why TensorRT cannot be imported here, as one line naming :data:`TENSORRT_INSTALL`; None
+    when it can (a ``tensorrt-stubs`` install has no ``Runtime``: types only)."""
+    reason = missing("tensorrt", "gpu", attribute="Runtime")
+    return None if reason is None else f"{reason.removesuffix(': ' + install_hint('gpu'))}: {TENSORRT_INSTALL}"
 
 
 def local_gpu() -> tuple[str, str]:

@@ -1,12 +1,17 @@
 """Native TensorRT engines behind the :class:`Runtime` interface (TensorRT 10/11 Python API).
 
+The engine is deserialised with Polygraphy's TensorRT logger (TensorRT's messages kept off the
+console, see :func:`~wconv_deploy.exporters.tensorrt.route_polygraphy_log`) but by our code, not Polygraphy's
+``EngineFromBytes``/``TrtRunner``: those always allow an engine's embedded host code, which
+``--trust-pickle`` must decide, and CUDA-graph replay and device timing need our own buffers.
 The engine's I/O lives in device buffers (torch CUDA tensors, reused while the shapes stay the
-same); ``run`` checks the feeds against the engine's input spec (its manifest's), copies the
-inputs in, enqueues ``execute_async_v3`` on a private stream and copies the outputs back.
-``trt-graph`` captures the enqueue in a CUDA graph once per input shape and replays it.
-``device_time_ms`` times the engine alone with CUDA events, inputs already on the device, apart
-from the end-to-end time ``run`` costs. Importing this module imports neither TensorRT nor
-torch: both load when a runtime is built or its availability is asked.
+same); ``run`` checks the feeds against the engine's input spec (its manifest's; with several
+optimisation profiles, the first that takes the feeds is selected), copies the inputs in,
+enqueues ``execute_async_v3`` on a private stream and copies the outputs back. ``trt-graph``
+captures the enqueue in a CUDA graph once per input shape and replays it. ``device_time_ms``
+times the engine alone with CUDA events, inputs already on the device, apart from the end-to-end
+time ``run`` costs. Importing this module imports neither TensorRT nor torch: both load when a
+runtime is built or its availability is asked.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ if TYPE_CHECKING:  # checked against the tensorrt-stubs package; TensorRT itself
 
 def unavailable_reason() -> str | None:
     """Why TensorRT engines cannot run here, or None when they can."""
-    reason = missing("tensorrt", "gpu", attribute="Runtime")  # a stubs-only install has no Runtime
+    from wconv_deploy.exporters.trt_plan import tensorrt_missing
+
+    reason = tensorrt_missing() or missing("polygraphy", "gpu")
     if reason:
         return reason
     import torch
@@ -117,20 +124,31 @@ class TensorRTRuntime(Runtime):
         if regular_file(path).stat().st_size == 0:
             raise InputError(f"{path}: the engine file is empty")
         manifest = _check_manifest(trt, path)  # before deserialising: a mismatch is a readable error
-        self._logger = trt.Logger(trt.Logger.ERROR)
-        self._runtime = trt.Runtime(self._logger)
-        if manifest is not None and manifest.version_compatible:
-            if not trust_code:  # such a plan carries TensorRT's lean runtime: code from the file
-                raise InputError(
-                    f"{path.name} was built --version-compatible, so it embeds TensorRT runtime code that would run "
-                    "from the file; pass --trust-pickle if you trust it"
-                )
-            self._runtime.engine_host_code_allowed = True
-        engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(read_bytes(path))
+        if manifest is not None and manifest.version_compatible and not trust_code:
+            raise InputError(  # such a plan carries TensorRT's lean runtime: code from the file
+                f"{path.name} was built --version-compatible, so it embeds TensorRT runtime code that would run "
+                "from the file; pass --trust-pickle if you trust it"
+            )
+        from polygraphy.backend.trt import get_trt_logger
+
+        from wconv_deploy.exporters.tensorrt import polygraphy_log
+
+        with polygraphy_log(f"TensorRT could not load {path.name}") as errors:
+            self._runtime = trt.Runtime(get_trt_logger())
+            self._runtime.engine_host_code_allowed = trust_code  # off unless trusted, whatever the manifest says
+            engine: tensorrt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(read_bytes(path))
         if engine is None:
-            raise InputError(_not_deserialised(trt, path, manifest))
+            said = f" (TensorRT: {errors[-1]})" if errors else ""
+            raise InputError(_not_deserialised(trt, path, manifest) + said)
         self.manifest = manifest
-        self.spec = spec if spec is not None or manifest is None else manifest.spec(path.name)
+        #: The input spec of each optimisation profile (the manifest's; ``spec`` replaces them).
+        self.profile_specs: list[InputSpec | None] = (
+            [spec]
+            if spec is not None or manifest is None
+            else [manifest.spec(path.name, i) for i in range(len(manifest.profiles))]
+        )
+        self.spec = self.profile_specs[0]
+        self._profile = 0
         self.engine: tensorrt.ICudaEngine = engine
         self.context: tensorrt.IExecutionContext = engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -144,13 +162,21 @@ class TensorRTRuntime(Runtime):
         self._shapes: tuple[tuple[int, ...], ...] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for ``feeds``, on the first optimisation profile whose spec takes them (the
+        error is the first profile's when none does)."""
+        self._select_profile(feeds)
+        return super().run(feeds)
 
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
+    def _select_profile(self, feeds: Mapping[str, np.ndarray]) -> None:
+        if len(self.profile_specs) < 2:
+            return
+        fits = [i for i, s in enumerate(self.profile_specs) if s is not None and _takes(s, feeds)]
+        index = fits[0] if fits else 0
+        if index != self._profile:
+            if not self.context.set_optimization_profile_async(index, self.stream.cuda_stream):
+                raise InputError(f"{self.name}: TensorRT refuses optimisation profile {index}")
+            self._profile, self.spec, self._shapes = index, self.profile_specs[index], None
 
     def _prepare(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """(Re)allocate device buffers and bind them when the input shapes change."""
@@ -211,6 +237,7 @@ class TensorRTRuntime(Runtime):
         """Engine time alone (CUDA events), inputs already on the device, per call."""
         import torch
 
+        self._select_profile(feeds)
         self._load_inputs(feeds)
         times = []
         for _ in range(iterations):
@@ -237,6 +264,14 @@ class TensorRTRuntime(Runtime):
             precision, detail = Precision.FP16, "precision unknown (no manifest)"
         versions = {"tensorrt": self._trt.__version__, "torch": torch.__version__}
         return RuntimeInfo(self.name, torch.cuda.get_device_name(self.device), precision, detail, versions)
+
+
+def _takes(spec: InputSpec, feeds: Mapping[str, np.ndarray]) -> bool:
+    try:
+        spec.check_arrays(dict(feeds))
+    except InputError:
+        return False
+    return True
 
 
 def _build(entry: RuntimeEntry, artifacts: Artifacts) -> Runtime:

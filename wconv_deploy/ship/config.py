@@ -11,6 +11,13 @@ spec (ONNX) or the optimisation profile (engine), and dims leave axis 0 out. Oth
 ``max_batch_size`` is 0 and dims are the full shapes. A model that batches cannot be given
 ``max_batch_size`` 0: Triton's auto-complete would set one itself and then reject the full-rank
 dims.
+
+Accelerator and warm-up (optional). An ONNX model on GPUs can run through the onnxruntime
+backend's TensorRT execution accelerator (``optimization { execution_accelerators {
+gpu_execution_accelerator: [{name: "tensorrt" ...}] } }``), given the spec's min/opt/max shapes
+as one explicit profile (without it ONNX Runtime builds an engine per new shape). A
+``model_warmup`` entry at the spec's opt shape makes Triton run the model once at load, so the
+first request does not pay for initialisation (or the TensorRT build).
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ MAX_TEXT_BYTES = 4 << 20
 #: The module holding Triton's ModelConfig message (tritonclient, the ``serve`` extra).
 PROTO_MODULE = "tritonclient.grpc.model_config_pb2"
 HEADER = "# Written by wconv-deploy package; check it with: wconv-deploy package --check REPO\n"
+#: ``--accelerator`` values: the onnxruntime backend's TensorRT accelerator and its precision_mode.
+ACCELERATORS = {"tensorrt": "FP32", "tensorrt-fp16": "FP16"}
 
 
 def model_config_pb2() -> Any:
@@ -192,9 +201,12 @@ def config_text(
     dynamic_batching: bool = False,
     preferred_batch: Sequence[int] = (),
     max_queue_delay_us: int | None = None,
+    accelerator: str | None = None,
+    warmup: bool = False,
 ) -> str:
     """``config.pbtxt`` for ``io`` (built as Triton's ModelConfig message, so it parses as one).
-    ``cc_files``: the model file for each GPU compute capability (``cc_model_filenames``)."""
+    ``cc_files``: the model file for each GPU compute capability (``cc_model_filenames``);
+    ``accelerator``: a key of :data:`ACCELERATORS`; ``warmup``: add a ``model_warmup`` entry."""
     mc = model_config_pb2()
     text_format = require("google.protobuf.text_format", "serve")
     config = mc.ModelConfig(name=name, platform=platform, max_batch_size=max_batch_size, default_model_filename=default_file)
@@ -209,4 +221,34 @@ def config_text(
         config.dynamic_batching.preferred_batch_size.extend(preferred_batch)
         if max_queue_delay_us is not None:
             config.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if accelerator is not None:
+        _add_accelerator(config, io.spec, accelerator)
+    if warmup:
+        _add_warmup(config, mc, io.spec, max_batch_size)
     return HEADER + str(text_format.MessageToString(config, use_short_repeated_primitives=True))
+
+
+def _add_accelerator(config: Any, spec: InputSpec, accelerator: str) -> None:
+    """The TensorRT execution accelerator with its precision and the spec's shapes as its profile."""
+    from wconv_deploy.runtimes.onnxruntime import trt_profile_shapes
+
+    if accelerator not in ACCELERATORS:
+        raise InputError(f"--accelerator {accelerator!r}: choose {' or '.join(ACCELERATORS)}")
+    tensorrt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+    tensorrt.parameters["precision_mode"] = ACCELERATORS[accelerator]
+    for which, shapes in trt_profile_shapes(spec).items():
+        tensorrt.parameters[f"trt_profile_{which}_shapes"] = shapes
+
+
+def _add_warmup(config: Any, mc: Any, spec: InputSpec, max_batch_size: int) -> None:
+    """One warm-up request of random data at the spec's opt shape (its batch, for a model that
+    batches: Triton repeats the sample that many times)."""
+    batching = max_batch_size > 0
+    batch = min(max(spec.inputs[0].shape("opt")[0], 1), max_batch_size) if batching else 1
+    warmup = config.model_warmup.add(name="opt_shape", batch_size=batch)
+    for t in spec.inputs:
+        shape = t.shape("opt")
+        sample = warmup.inputs[t.name]
+        sample.data_type = mc.DataType.Value(triton_type(t.tensor()))
+        sample.dims.extend(shape[1:] if batching else shape)
+        sample.random_data = True
