@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wconv_deploy.errors import InputError
-from wconv_deploy.spec import AXIS_NAMES, DTYPES, Dim, InputSpec, TensorSpec
+from wconv_deploy.spec import AXIS_NAMES, DTYPES, VALIDATION_INPUT_BYTES, Dim, InputSpec, TensorSpec
 
 # --------------------------------------------------------------------------- parsing
 
@@ -251,20 +251,41 @@ def test_validation_shapes_dynamic_content() -> None:
     assert spec.validation_shapes() == [
         [(2, 3, 16, 20), (2, 1, 16, 20)],  # opt
         [(1, 3, 8, 10), (1, 1, 8, 10)],  # min
-        [(3, 3, 32, 40), (3, 1, 32, 40)],  # batch opt+1, other dynamic axes at max
+        [(8, 3, 32, 40), (8, 1, 32, 40)],  # every dynamic axis at its maximum
     ]
+    assert spec.validation_note() is None
+
+
+def test_validation_shapes_reach_the_batch_maximum_when_it_fits() -> None:
+    spec = InputSpec.parse("1x3x32x32", "batch=1:64")
+    assert spec.validation_shapes()[-1] == [(64, 3, 32, 32)] and spec.validation_note() is None
+
+
+def test_validation_at_the_maximum_is_capped_by_memory_and_says_so() -> None:
+    spec = InputSpec.parse("1x3x224x224", "batch=1:256")  # 256 x 588 KiB = 147 MiB at the maximum
+    (corner,) = spec.validation_shapes()[-1]
+    per_sample = 3 * 224 * 224 * 4
+    assert corner == (64, 3, 224, 224) and 64 * per_sample <= VALIDATION_INPUT_BYTES < 128 * per_sample
+    note = spec.validation_note()
+    assert note is not None and "batch 64" in note and "maximum 256" in note and "64 MiB" in note
+
+
+def test_validation_cap_never_cuts_below_opt_plus_one() -> None:
+    spec = InputSpec.parse("2x3x1024x1024", "batch=1:64,height,width")  # 2048x2048 at the maximum
+    assert spec.validation_shapes()[-1] == [(3, 3, 2048, 2048)]
+    assert "batch 3" in (spec.validation_note() or "")
 
 
 def test_validation_shapes_big_batch_capped_by_max() -> None:
     spec = InputSpec.parse("4x3x8x8", "batch=1:4")
     sets = spec.validation_shapes()
-    assert sets == [[(4, 3, 8, 8)], [(1, 3, 8, 8)]]  # opt+1 capped at 4 == opt: deduplicated
+    assert sets == [[(4, 3, 8, 8)], [(1, 3, 8, 8)]]  # the maximum 4 == opt: deduplicated
 
 
 def test_validation_shapes_deduplicates_when_min_equals_opt() -> None:
     spec = InputSpec.parse("1x3x8x8", "batch")
     sets = spec.validation_shapes()
-    assert sets == [[(1, 3, 8, 8)], [(2, 3, 8, 8)]]
+    assert sets == [[(1, 3, 8, 8)], [(8, 3, 8, 8)]]
     assert len({tuple(s) for s in sets}) == len(sets)
 
 

@@ -415,15 +415,18 @@ def _fold_batchnorm(model: nn.Module, report: FoldReport, gen: torch.Generator) 
 
 
 def _guess_inputs(model: nn.Module, gen: torch.Generator) -> tuple[Tensor, ...] | str:
-    """One seeded input shaped for the model's first convolution, or why none could be guessed."""
+    """One seeded input shaped for the model's first convolution, or why none could be guessed;
+    float32 (what export feeds) for a half-precision model, so a model that only runs in half
+    precision does not pass for one that exports."""
     first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
     if first is None:
         return "no convolution to infer an input shape from; pass example_inputs"
     dims = first.weight.dim() - 2
     side = {1: 64, 2: 32, 3: 16}[dims]
-    w = first.weight
     x = torch.randn(1, first.in_channels, *([side] * dims), generator=gen, dtype=torch.float64)
-    return (x.to(dtype=w.dtype, device=w.device),)
+    w = first.weight
+    dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
+    return (x.to(dtype=dtype, device=w.device),)
 
 
 def _check_model(

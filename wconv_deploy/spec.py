@@ -64,6 +64,9 @@ MAX_INPUT_GB = 4.0
 #: No axis is larger than ONNX Runtime and TensorRT index (int32); a larger one is a corrupt spec.
 MAX_DIM = 2**31 - 1
 
+#: The most bytes of inputs validation feeds at a range's maximum: a larger batch is cut to fit.
+VALIDATION_INPUT_BYTES = 64 << 20
+
 _input_limit: contextvars.ContextVar[float] = contextvars.ContextVar("input_limit_gb", default=MAX_INPUT_GB)
 
 
@@ -299,20 +302,46 @@ class InputSpec:
         return cls(tuple(inputs))
 
     def validation_shapes(self) -> list[list[tuple[int, ...]]]:
-        """Input shapes to validate at: the optimum, every dynamic axis at its minimum, and the
-        non-batch dynamic axes at their maximum with a batch one larger than the optimum
-        (kept small: the corners of a range cost time, not insight)."""
+        """Input shapes to validate at: the optimum, every dynamic axis at its minimum, and every
+        dynamic axis at its maximum (the batch cut to fit :data:`VALIDATION_INPUT_BYTES`, never
+        below the optimum + 1; :meth:`validation_note` says when it was cut)."""
         sets = [self.shapes("opt"), self.shapes("min")]
         if self.dynamic_axes:
-            big = []
-            for t in self.inputs:
-                big.append(tuple(min(d.max, d.opt + 1) if d.name == "batch" else d.max if d.dynamic else d.opt for d in t.dims))
-            sets.append(big)
+            sets.append(self._max_corner()[0])
         unique: list[list[tuple[int, ...]]] = []
         for s in sets:
             if s not in unique:
                 unique.append(s)
         return unique
+
+    def validation_note(self) -> str | None:
+        """Why validation stops short of a range's maximum (the batch cut by memory), or None."""
+        shapes, cut_from = self._max_corner()
+        if cut_from is None:
+            return None
+        batch = next(s[0] for t, s in zip(self.inputs, shapes) if t.dims[0].name == "batch")
+        return (
+            f"validated up to batch {batch}, not the range's maximum {cut_from}: inputs at the maximum take more "
+            f"than {VALIDATION_INPUT_BYTES >> 20} MiB (the model's activations, in PyTorch and ONNX Runtime at once, "
+            "are many times that)"
+        )
+
+    def _max_corner(self) -> tuple[list[tuple[int, ...]], int | None]:
+        """Every axis at its maximum, the batch halved (not below the optimum + 1) until the inputs
+        fit VALIDATION_INPUT_BYTES; and the batch maximum when it was cut, else None."""
+
+        def at(batch: int) -> list[tuple[int, ...]]:
+            return [tuple(max(d.min, min(d.max, batch)) if d.name == "batch" else d.max for d in t.dims) for t in self.inputs]
+
+        batches = [t.dims[0] for t in self.inputs if t.dims[0].name == "batch" and t.dims[0].dynamic]
+        if not batches:
+            return at(0), None
+        top = min(d.max for d in batches)
+        floor = min(top, max(d.opt for d in batches) + 1)
+        batch = top
+        while batch > floor and self._bytes(at(batch)) > VALIDATION_INPUT_BYTES:
+            batch = max(floor, batch // 2)
+        return at(batch), (top if batch < top else None)
 
     def example_inputs(self, shapes: Sequence[tuple[int, ...]] | None = None, seed: int = 0) -> list[torch.Tensor]:
         """Seeded standard-normal inputs (random integers for integer dtypes) of ``shapes``."""

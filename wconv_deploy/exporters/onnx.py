@@ -11,6 +11,7 @@ model that passed every check: the work happens on a temporary file beside it.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -29,6 +30,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from wconv_deploy.artifacts import KEY_CONV_LAYERS
 from wconv_deploy.errors import DISK_FULL, InputError, MismatchError, WconvError, first_line
 from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
@@ -80,6 +82,7 @@ class ExportReport(Report):
     size_bytes: int = 0
     external_data: bool = False
     validation: ValidationReport | None = None
+    validation_note: str | None = None  # why validation stopped short of a range's maximum
 
     def render(self) -> str:
         folded = len(self.fold.folded)
@@ -99,6 +102,8 @@ class ExportReport(Report):
         ]
         if self.validation is not None:
             lines += ["", self.validation.render()]
+            if self.validation_note:
+                lines.append(f"note: {self.validation_note}")
         else:
             lines.append("validation  skipped (--no-validate)")
         size = f"{self.size_bytes / 1e6:.2f} MB" + (" + external data" if self.external_data else "")
@@ -321,7 +326,49 @@ def _name_outputs(model: onnx.ModelProto) -> list[str]:
     return [o.name for o in graph.output]
 
 
-def _stamp(model: onnx.ModelProto, loaded: LoadedModel | None, spec: InputSpec, fold_report: FoldReport, exporter: str) -> None:
+def conv_layers(model: onnx.ModelProto, module: nn.Module) -> dict[str, str]:
+    """``{Conv node name: PyTorch module name}`` for the Conv nodes of ``model`` exported from
+    ``module``: the module whose weight the node's weight initializer is named after, else the one
+    the exporter's scopes name (dynamo: ``name_scopes`` metadata; TorchScript: node names such as
+    ``/body/body.0/Conv``). Only convolution modules count (a fused BatchNorm's scope does not).
+    Recorded at export because weights alone cannot say it once a BatchNorm is fused into them."""
+    convs = {
+        name
+        for name, m in module.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 3  # type: ignore[union-attr]
+    }
+    found = {}
+    for node in model.graph.node:
+        if node.op_type not in CONV_OPS or len(node.input) < 2:
+            continue
+        candidates = [node.input[1].removesuffix(".weight")]
+        scopes = {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes")
+        if scopes is not None:  # dynamo: ['', 'body', 'body.0', 'conv2d']: modules, then the op
+            with contextlib.suppress(ValueError, SyntaxError):
+                names = ast.literal_eval(scopes)
+                candidates += [n for n in names[::-1] if isinstance(n, str)] if isinstance(names, list) else []
+        else:  # TorchScript: "/model.8/cv2.0/cv2.0.0/conv/Conv": a scope that extends the one before replaces it
+            parts: list[str] = []
+            for part in node.name.split("/")[1:-1]:
+                if parts and part.startswith(parts[-1] + "."):
+                    parts[-1] = part
+                else:
+                    parts.append(part)
+            candidates.append(".".join(parts))
+        layer = next((c for c in candidates if c in convs), None)
+        if layer is not None:
+            found[node.name] = layer
+    return found
+
+
+def _stamp(
+    model: onnx.ModelProto,
+    loaded: LoadedModel | None,
+    spec: InputSpec,
+    fold_report: FoldReport,
+    exporter: str,
+    layers: dict[str, str],
+) -> None:
     from wconv_deploy._version import __version__
 
     fold_summary = {
@@ -337,6 +384,7 @@ def _stamp(model: onnx.ModelProto, loaded: LoadedModel | None, spec: InputSpec, 
         "wconv_deploy.fold": json.dumps(fold_summary, separators=(",", ":")),
         "wconv_deploy.exporter": exporter,
         "wconv_deploy.torch_version": torch.__version__,
+        KEY_CONV_LAYERS: json.dumps(layers, separators=(",", ":")),
     }
     update_metadata(model, props)
     model.producer_name, model.producer_version = "wconv-deploy", __version__
@@ -408,7 +456,7 @@ def export_onnx(
         say("checking the graph (constant folding, onnx checker, shape inference, conv weights)")
         graph_folded = fold_constants(onnx_model)
         _name_outputs(onnx_model)
-        _stamp(onnx_model, loaded, spec, fold_report, exporter_used)
+        _stamp(onnx_model, loaded, spec, fold_report, exporter_used, conv_layers(onnx_model, folded))
         data = onnx_model.SerializeToString()  # once: the checks read these bytes, the file holds them
         graph = check_graph(onnx_model, expected, data)
         report = ExportReport(
@@ -436,11 +484,22 @@ def export_onnx(
             atol, rtol = checks.tolerance()
             report.validation = validate(staged, reference, spec, inputs=checks.inputs, atol=atol, rtol=rtol, seed=seed)
             report.validation.artifact = out.name
+            report.validation_note = spec.validation_note()
             if not report.validation.passed:
                 write_text_atomic(_report_path(out), dumps(report))
                 report.validation.raise_for_failure()
         report.size_bytes = staged.stat().st_size
         _publish(staged, out, report.external_data)
+    from wconv_deploy.golden import write_golden  # the evidence verify re-checks: fp32 PyTorch's outputs
+    from wconv_deploy.precision import Precision
+
+    say("writing the golden inputs and outputs")
+    atol, rtol = checks.tolerance()
+    outputs = [o.name for o in onnx_model.graph.output]
+    write_golden(
+        out, loaded or module, spec, precision=Precision.FP32, atol=atol, rtol=rtol, seed=seed, inputs=checks.inputs,
+        output_names=outputs,
+    )  # fmt: skip
     write_text_atomic(_report_path(out), dumps(report))
     return report
 

@@ -22,18 +22,23 @@ Modules: :mod:`.formats` (format detection, one loader per format, :func:`load_m
 :mod:`.unpickle` (the security boundary), :mod:`.archives` (zip/tar listings, TorchScript and
 ``.pt2`` weights read as data, the ``.pt2`` scan), :mod:`.arch` (``--arch``, checkpoint dicts,
 fitting a state_dict).
+
+Whatever the file's dtype, the model comes out float32 (:func:`~.formats.as_float32`, noted),
+and training wrappers (DataParallel, DDP, torch.compile) are unwrapped (:func:`~.unpickle.unwrap`).
 """
 
-from wconv_deploy.loading.arch import CHECKPOINT_KEYS, resolve_arch
-from wconv_deploy.loading.formats import MAX_ZOO_PARAMETERS, LoadedModel, load_model
+from wconv_deploy.loading.arch import CHECKPOINT_KEYS, HALF_DTYPES, resolve_arch
+from wconv_deploy.loading.formats import MAX_ZOO_PARAMETERS, LoadedModel, as_float32, load_model
 from wconv_deploy.loading.unpickle import MAX_MODULE_DEPTH, MAX_MODULES
 
 __all__ = [
     "CHECKPOINT_KEYS",
+    "HALF_DTYPES",
     "MAX_MODULES",
     "MAX_MODULE_DEPTH",
     "MAX_ZOO_PARAMETERS",
     "LoadedModel",
+    "as_float32",
     "load_model",
     "resolve_arch",
 ]

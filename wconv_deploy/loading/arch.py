@@ -8,7 +8,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from wconv_deploy.errors import InputError, first_line
 #: Keys tried, in order, when a checkpoint dict holds the model. EMA weights come first because
 #: they are what training scripts (timm, Ultralytics) evaluate and deploy.
 CHECKPOINT_KEYS = ("ema", "model_ema", "state_dict_ema", "model", "state_dict", "model_state_dict", "net", "network", "module")
+
+#: Floating dtypes narrower than float32 that a model may be saved in (``model.half()``, every
+#: Ultralytics checkpoint, bf16 training); the loader widens them to float32.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 #: Prefixes that wrappers add to every state_dict key: DataParallel/DDP and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -115,7 +119,43 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: P
         problems.append(f"shape mismatch (file vs architecture) {_some(wrong)}")
     if problems:
         raise InputError(f"{path}: the weights do not fit the architecture: {'; '.join(problems)}")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True)  # copies into the architecture's (float32) tensors
+    note = half_note(v for k, v in state.items() if own[k].dtype == torch.float32)
+    if note:
+        notes.append(note)
+
+
+def half_note(tensors: Iterable[torch.Tensor]) -> str | None:
+    """The note saying that half-precision ``tensors`` became float32, or None if there are none."""
+    found = sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype in HALF_DTYPES})
+    if not found:
+        return None
+    return (
+        f"the file holds {'/'.join(found)} weights: cast to float32 for folding, export and validation "
+        "(the ONNX is fp32; `convert --precision fp16` makes the fp16 variant)"
+    )
+
+
+def module_tensors(root: nn.Module) -> dict[str, torch.Tensor]:
+    """What ``root.state_dict()`` holds (parameters and persistent buffers, by dotted name), read
+    from the modules' own dicts, never through their methods: a pickled tree read only for its
+    weights may carry attributes that shadow methods (Ultralytics sets a ``type`` string on every
+    layer). Iterative; a tied layer is listed under each of its names, as state_dict lists it."""
+    found: dict[str, torch.Tensor] = {}
+    stack: list[tuple[str, nn.Module, frozenset[int]]] = [("", root, frozenset())]
+    while stack:
+        prefix, module, above = stack.pop()
+        if id(module) in above:
+            raise InputError(f"module {prefix.rstrip('.')!r} contains itself; not a model")
+        state = vars(module)
+        transient = state.get("_non_persistent_buffers_set", set())
+        for kind in ("_parameters", "_buffers"):
+            for key, value in state[kind].items():
+                if value is not None and not (kind == "_buffers" and key in transient):
+                    found[prefix + key] = value.detach()
+        inside = above | {id(module)}
+        stack += [(f"{prefix}{key}.", c, inside) for key, c in reversed(state["_modules"].items()) if c is not None]
+    return found
 
 
 def _some(items: list[str], n: int = 4) -> str:

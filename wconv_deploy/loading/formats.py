@@ -18,9 +18,18 @@ from torch import nn
 
 from wconv_deploy.errors import InputError, first_line
 from wconv_deploy.fileio import open_regular, stream_sha256
-from wconv_deploy.loading.arch import build_arch, is_state_dict, load_state_into, load_weights_only, pick_checkpoint_entry
+from wconv_deploy.loading.arch import (
+    HALF_DTYPES,
+    build_arch,
+    half_note,
+    is_state_dict,
+    load_state_into,
+    load_weights_only,
+    module_tensors,
+    pick_checkpoint_entry,
+)
 from wconv_deploy.loading.archives import Archive, check_pt2, check_tar, open_zip, pt2_tensors, torchscript_tensors
-from wconv_deploy.loading.unpickle import check_module_tree, torch_load_safe, torch_load_trusted
+from wconv_deploy.loading.unpickle import check_module_tree, torch_load_safe, torch_load_trusted, unwrap
 from wconv_deploy.zoo import create_model, get_entry, parse_zoo_uri
 from wconv_deploy.zoo.registry import zoo_digest
 
@@ -175,9 +184,8 @@ def _load_graph(
             scripted = torch.jit.load(f, map_location="cpu")
         except Exception as e:
             raise InputError(f"{path}: cannot read the TorchScript archive: {first_line(e)}") from None
-        return LoadedModel(
-            scripted.eval(), kind, path, digest, notes=[f"{what}: weighted layers are folded on the exported graph"]
-        )
+        notes = [f"{what}: weighted layers are folded on the exported graph"]
+        return LoadedModel(as_float32(scripted, notes).eval(), kind, path, digest, notes=notes)
     if not trust_pickle:
         check_pt2(archive)
     f.seek(0)  # the checks read through the same file
@@ -213,10 +221,11 @@ def _load_pickled(
         notes.append(f"checkpoint: used the {key!r} entry")
     if isinstance(obj, nn.Module):
         if not trust_pickle:
-            check_module_tree(obj, path)
+            check_module_tree(obj, path, weights_only=arch is not None)
+        obj = unwrap(obj, path, notes)
         if arch is not None:
             model = build_arch(arch)
-            load_state_into(model, obj.state_dict(), path, notes)
+            load_state_into(model, module_tensors(obj), path, notes)
             notes.append("built the architecture from --arch and loaded the file's weights into it")
         else:
             model = obj
@@ -232,7 +241,18 @@ def _load_pickled(
         load_state_into(model, obj, path, notes)
     else:
         raise InputError(f"{path} holds an object of type {type(obj).__name__}, not a model, state_dict or checkpoint")
-    return LoadedModel(model.eval(), fmt, path, digest, checkpoint_key=key, notes=notes)
+    return LoadedModel(as_float32(model, notes).eval(), fmt, path, digest, checkpoint_key=key, notes=notes)
+
+
+def as_float32(model: nn.Module, notes: list[str]) -> nn.Module:
+    """``model`` with its float16/bfloat16 parameters and buffers widened to float32, in place
+    (noted): the fp32 model is the reference that folding, export and validation compare with,
+    and what runs on float32 inputs; ``convert --precision fp16`` makes the fp16 variant."""
+    note = half_note([*model.parameters(), *model.buffers()])
+    if note:
+        model._apply(lambda t: t.float() if t.dtype in HALF_DTYPES else t)  # float64 stays float64
+        notes.append(note)
+    return model
 
 
 def load_model(

@@ -167,6 +167,72 @@ class _Placeholder(nn.Module):
         raise RuntimeError("placeholder for a class that was not loaded; build the model with --arch")
 
 
+class WrapperShell(nn.Module):
+    """Stands for a training wrapper (``nn.DataParallel``, ``DistributedDataParallel``,
+    ``torch.compile``'s ``OptimizedModule``): keeps its state, runs nothing, and is replaced by the
+    model it wraps (:func:`unwrap`). Their own ``__setstate__`` would need a process group or
+    would compile."""
+
+    wrapper: ClassVar[str] = ""
+    inner: ClassVar[str] = "module"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        if args and isinstance(args[0], nn.Module):  # OptimizedModule pickles as a call (model, context)
+            self._modules[self.inner] = args[0]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a training wrapper that was not unwrapped")
+
+
+class _InertState:
+    """Stands for a wrapper's plain config object (DDP's bucket and join settings): keeps state only."""
+
+    args: tuple[Any, ...] = ()
+    state: Any = None
+
+    def __new__(cls, *args: Any) -> _InertState:  # NamedTuples pickle as a call with their fields
+        obj = super().__new__(cls)
+        obj.args = args
+        return obj
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _shell(full_name: str, inner: str) -> type[WrapperShell]:
+    module, _, name = full_name.rpartition(".")
+    return type(name, (WrapperShell,), {"__module__": module, "wrapper": full_name, "inner": inner})
+
+
+#: Training wrappers a whole-model pickle may hold (class -> the attribute with the wrapped
+#: model), mapped onto :class:`WrapperShell`s, with the inert config objects DDP pickles.
+_WRAPPERS: dict[str, Any] = {
+    "torch.nn.parallel.data_parallel.DataParallel": _shell("torch.nn.parallel.data_parallel.DataParallel", "module"),
+    "torch.nn.parallel.distributed.DistributedDataParallel": _shell(
+        "torch.nn.parallel.distributed.DistributedDataParallel", "module"
+    ),
+    "torch._dynamo.eval_frame.OptimizedModule": _shell("torch._dynamo.eval_frame.OptimizedModule", "_orig_mod"),
+}
+_WRAPPER_STATE = ("torch.nn.parallel.distributed._BucketCapacityConfig", "torch.distributed.algorithms.join._JoinConfig")
+
+
+def _wrapper_allowlist() -> list[tuple[Any, str]]:
+    inert = [(type(n.rpartition(".")[2], (_InertState,), {"__module__": n.rpartition(".")[0]}), n) for n in _WRAPPER_STATE]
+    return [*((cls, name) for name, cls in _WRAPPERS.items()), *inert]
+
+
+def unwrap(obj: Any, path: Path, notes: list[str]) -> Any:
+    """The model inside any training wrappers around ``obj`` (``obj`` itself if there are none)."""
+    while isinstance(obj, WrapperShell):
+        inner = obj._modules.get(obj.inner)
+        if not isinstance(inner, nn.Module):
+            raise InputError(f"{path}: a {obj.wrapper} that wraps no model")
+        notes.append(f"unwrapped {obj.wrapper.rpartition('.')[2]}: used the model it wraps")
+        obj = inner
+    return obj
+
+
 def _placeholder(full_name: str) -> type[nn.Module]:
     module, _, name = full_name.rpartition(".")
     return type(name, (_Placeholder,), {"__module__": module})
@@ -190,7 +256,7 @@ def _unsafe_globals_message(path: Path, names: list[str]) -> str:
 def torch_load_safe(f: BinaryIO, path: Path, kind: str, arch_given: bool, notes: list[str]) -> Any:
     """Weights-only load of a ``torch.save`` file (``kind``: ``torch.save`` or ``legacy``) with our
     allowlist; placeholders for unknown globals when ``arch_given``."""
-    allow: list[Any] = [*_torch_nn_classes(), *_our_classes()]
+    allow: list[Any] = [*_torch_nn_classes(), *_our_classes(), *_wrapper_allowlist()]
     if kind == "torch.save":
         with torch.serialization.safe_globals(allow):
             try:
@@ -227,7 +293,7 @@ def torch_load_safe(f: BinaryIO, path: Path, kind: str, arch_given: bool, notes:
                 name = msg.split(marker, 1)[1].split()[0]
                 raise InputError(_unsafe_globals_message(path, [name])) from None
             raise InputError(f"{path} cannot be read safely: {first_line(e)}") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
+        except Exception as e:  # only allowlisted code ran: any other failure is a damaged file
             raise InputError(f"{path} is truncated or corrupt: {first_line(e)}") from None
 
 
@@ -291,6 +357,8 @@ class _TrustedUnpickler(pickle.Unpickler):
     ours when the reference code is not importable."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if f"{module}.{name}" in _WRAPPERS:  # their __setstate__ wants a process group, or compiles
+            return _WRAPPERS[f"{module}.{name}"]
         try:
             return super().find_class(module, name)
         except (ImportError, AttributeError):
@@ -312,17 +380,19 @@ def torch_load_trusted(f: BinaryIO, path: Path) -> Any:
             f"{path} refers to code that cannot be imported ({first_line(e)}); run from the folder "
             "that holds it, or pass --arch MODULE:CALLABLE"
         ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"{path} is truncated or corrupt: {first_line(e)}") from None
+    except Exception as e:  # the file's own code ran (trusted) and failed, or the file is damaged
+        why = f"{type(e).__name__}: {first_line(e)}"
+        raise InputError(f"{path} is truncated or corrupt, or its code failed while unpickling: {why}") from None
 
 
 # --------------------------------------------------------------------------- the module tree
 
 
-def check_module_tree(root: nn.Module, path: Path) -> None:
+def check_module_tree(root: nn.Module, path: Path, *, weights_only: bool = False) -> None:
     """Refuse a module tree the unpickler let through but nn.Module cannot use or would call into:
     submodules, parameters and buffers of the wrong types, filled hook dicts (hooks are code),
-    attributes that replace methods, cycles, more than MAX_MODULES modules or a nesting deeper
+    attributes that replace methods (by something callable only, when ``weights_only``: a tree
+    only read for its tensors by :func:`~.arch.module_tensors`), cycles, more than MAX_MODULES modules or a nesting deeper
     than MAX_MODULE_DEPTH. Iterative, so a deep tree cannot overflow the stack here."""
     stack: list[tuple[nn.Module, str, int, bool]] = [(root, "", 0, False)]
     on_path: set[int] = set()
@@ -344,11 +414,11 @@ def check_module_tree(root: nn.Module, path: Path) -> None:
             raise InputError(f"{path}: more than {MAX_MODULES:,} modules; not a model")
         on_path.add(id(module))
         stack.append((module, name, depth, True))
-        for key, child in _checked_children(module, f"{path}: {label}"):
+        for key, child in _checked_children(module, f"{path}: {label}", weights_only):
             stack.append((child, f"{name}.{key}" if name else key, depth + 1, False))
 
 
-def _checked_children(module: nn.Module, where: str) -> list[tuple[str, nn.Module]]:
+def _checked_children(module: nn.Module, where: str, weights_only: bool) -> list[tuple[str, nn.Module]]:
     """The submodules of ``module`` once its own state is checked (see :func:`check_module_tree`)."""
     state = vars(module)  # not attribute access: nn.Module.__getattr__ reads the very dicts checked here
     kinds: dict[str, tuple[type, str]] = {
@@ -370,7 +440,9 @@ def _checked_children(module: nn.Module, where: str) -> list[tuple[str, nn.Modul
             raise InputError(f"{where} carries {attr} ({len(state[attr])} entries): hooks are code to call; refusing it")
     if not isinstance(state.get("training"), bool):
         raise InputError(f"{where}: its training flag is not a bool; not a valid module")
-    for key in state:
-        if callable(getattr(type(module), key, None)):
+    for key, value in state.items():
+        # a tree only read for its tensors calls no method: plain data may shadow one there
+        # (Ultralytics sets a ``type`` string on every layer), something callable never
+        if callable(getattr(type(module), key, None)) and (callable(value) or not weights_only):
             raise InputError(f"{where}: attribute {key!r} would replace the method of that name; refusing it")
     return [(key, child) for key, child in state["_modules"].items() if child is not None]
