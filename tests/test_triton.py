@@ -145,7 +145,8 @@ def test_package_onnx_with_a_dynamic_batch(mc: Any, batched: Path, tmp_path: Pat
     assert (folder / "1" / "model.onnx").read_bytes() == batched.read_bytes()
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert sorted(manifest["files"]) == ["1/model.onnx", "config.pbtxt"]
+    assert sorted(manifest["files"]) == ["1/model.golden.npz", "1/model.onnx", "config.pbtxt"]  # export's golden file too
+    assert manifest["golden"] == "1/model.golden.npz"
     for rel, sha in manifest["files"].items():
         assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == sha
     [artifact] = manifest["artifacts"]

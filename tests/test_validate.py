@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from wconv_deploy.errors import InputError, MismatchError
+from wconv_deploy.precision import Precision
 from wconv_deploy.reports import dumps
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import CaseResult, OutputMetrics, ValidationReport, compare, load_inputs, random_inputs
@@ -219,7 +220,7 @@ def test_render_on_failure() -> None:
     assert not r.passed
     text = r.render()
     assert text.startswith("validation: onnxruntime (model.onnx) vs PyTorch, atol=1e-05 rtol=0.0001")
-    assert "FAILED: would pass with --atol" in text
+    assert "FAILED (output_0): would pass with --atol" in text
     assert "FAIL (8 elements)" in text
     assert "random #1 2x8" in text and "pass" in text
     # The suggested tolerances do make it pass.
@@ -454,7 +455,7 @@ def test_corrupt_image(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", ["x:1x3x8x8,m:1x1x8x8", "1x3x8", "1x2x8x8", "1x3x4x8x8"])
 def test_folder_needs_one_nchw_image_input(tmp_path: Path, shape: str) -> None:
     _png(tmp_path / "a.png", (8, 8))
-    with pytest.raises(InputError, match="--inputs FOLDER"):
+    with pytest.raises(InputError, match="--inputs FOLDER|image folders"):
         load_inputs(tmp_path, InputSpec.parse(shape))
 
 
@@ -500,3 +501,102 @@ def test_random_inputs_integer_dtype() -> None:
 def test_bfloat16_is_not_an_input_dtype() -> None:  # NumPy, and so every runtime's feed, has no bfloat16
     with pytest.raises(InputError, match="unknown dtype 'bfloat16'"):
         random_inputs(InputSpec.parse("x:1x3x8x8:bfloat16"))
+
+
+# --------------------------------------------------------------------------- error statistics
+
+
+_values = hnp.arrays(np.float32, st.integers(1, 40), elements=st.floats(0.125, 10, width=32))
+_signs = hnp.arrays(np.int8, st.integers(1, 40), elements=st.sampled_from([-1, 1]))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@given(
+    e=_values,
+    noise=hnp.arrays(np.float32, 40, elements=st.floats(-0.5, 0.5, width=32)),
+    signs=_signs,
+    stat=st.sampled_from(["max", "mean", "median", "quantile"]),
+    quantile=st.floats(0, 1),
+    tol=st.sampled_from([1e-3, 1e-2, 1e-1]),
+)
+def test_error_statistics_decide_as_polygraphy_does(
+    e: np.ndarray, noise: np.ndarray, signs: np.ndarray, stat: str, quantile: float, tol: float
+) -> None:
+    """The law: for every statistic our verdict is Polygraphy's (``SimpleCompareFunc``) on the same outputs."""
+    from polygraphy.comparator import CompareFunc, IterationResult
+    from polygraphy.logger import G_LOGGER
+
+    from wconv_deploy.validate import Criterion
+
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    expected = e * np.resize(signs, e.shape)
+    actual = (expected + noise[: e.size] * np.float32(tol * 4)).astype(np.float32)
+    ours = compare("o", actual, expected, tol, tol, criterion=Criterion(tol, tol, stat, quantile)).passed
+    check = CompareFunc.simple(check_error_stat=stat, atol=tol, rtol=tol, error_quantile=quantile)
+    theirs = bool(check(IterationResult({"o": actual}, runner_name="a"), IterationResult({"o": expected}, runner_name="b"))["o"])
+    assert ours == theirs
+
+
+@given(e=_values, noise=hnp.arrays(np.float32, 40, elements=st.floats(-1, 1, width=32)), tol=st.floats(1e-4, 1))
+def test_passing_the_max_statistic_implies_passing_elementwise(e: np.ndarray, noise: np.ndarray, tol: float) -> None:
+    from wconv_deploy.validate import Criterion
+
+    actual = e + noise[: e.size]
+    by_max = compare("o", actual, e, tol, tol, criterion=Criterion(tol, tol, "max"))
+    assert not by_max.passed or compare("o", actual, e, tol, tol).passed
+    assert by_max.stat_abs == pytest.approx(float(np.abs(actual.astype(np.float64) - e).max()))
+
+
+def test_criterion_refuses_unknown_statistics_and_quantiles() -> None:
+    from wconv_deploy.validate import Criterion
+
+    for bad in ({"stat": "p99"}, {"quantile": 1.5}, {"atol": float("nan")}):
+        with pytest.raises(InputError):
+            Criterion(**bad)  # type: ignore[arg-type]
+    assert Criterion.for_precision(Precision.INT8) == Criterion(*Precision.INT8.tolerance)
+    assert Criterion.for_precision(Precision.FP16, atol=0.5).atol == 0.5
+
+
+# --------------------------------------------------------------------------- the validate command
+
+
+def test_validate_against_the_golden_file_runtime_and_other_artifact(dncnn_onnx: Path, tmp_path: Path) -> None:
+    from tests.contract import assert_ok, invoke
+
+    by_golden = json.loads(assert_ok(invoke("validate", dncnn_onnx, "--json")).stdout)  # the golden file beside it
+    assert by_golden["reference"] == "golden dncnn.golden.npz" and by_golden["passed"] is True
+    on_two = json.loads(assert_ok(invoke("validate", dncnn_onnx, "--runtime", "openvino,ort-cpu", "--json")).stdout)
+    assert (on_two["runtime"], on_two["reference"]) == ("openvino", f"ort-cpu ({dncnn_onnx.name})")
+    saved = tmp_path / "inputs.json"
+    outputs = tmp_path / "outputs.json"
+    r = assert_ok(
+        invoke("validate", dncnn_onnx, dncnn_onnx, "--check-error-stat", "quantile", "--error-quantile", "0.5",
+               "--save-inputs", saved, "--save-outputs", outputs, "--json")
+    )  # fmt: skip
+    report = json.loads(r.stdout)
+    assert (report["error_stat"], report["error_quantile"]) == ("quantile", 0.5)
+    assert report["worst"]["max_abs"] == 0.0  # one file on one runtime: identical outputs
+    assert saved.exists() and outputs.exists()
+    again = json.loads(
+        assert_ok(
+            invoke("validate", dncnn_onnx, "--load-inputs", saved, "--runtime", "ort-cpu,openvino", dncnn_onnx, "--json")
+        ).stdout
+    )
+    assert [c["label"] for c in again["cases"]][-3:] == [f"inputs.json[{i}]" for i in range(3)]
+
+
+def test_validate_fails_naming_the_output_and_refuses_bad_options(dncnn_onnx: Path, tmp_path: Path) -> None:
+    from tests.contract import assert_one_line_error, invoke
+    from wconv_deploy.golden import golden_path, read_golden, save_golden
+
+    g = read_golden(golden_path(dncnn_onnx))
+    for case in g.cases:
+        case.outputs[0] = case.outputs[0] + 1.0
+    wrong = tmp_path / "wrong.golden.npz"
+    save_golden(g, wrong)
+    r = invoke("validate", dncnn_onnx, "--golden", wrong)
+    assert_one_line_error(r, 1, "does not compute what", "output")
+    assert "FAIL" in r.stdout
+    assert_one_line_error(invoke("validate", dncnn_onnx, "--runtime", "ort-cpu,openvino,ort-cpu"), 2, "at most two")
+    assert_one_line_error(invoke("validate", dncnn_onnx, "--check-error-stat", "p99"), 2)
+    assert_one_line_error(invoke("validate", dncnn_onnx, "--runtime", "nope"), 2, "unknown runtime")

@@ -1,17 +1,20 @@
-"""What is in a model file: its format, its weighted layers, and whether it folds cleanly."""
+"""What is in a model file (its format, its weighted layers, whether it folds cleanly) or in an
+artifact (an ONNX file, a TensorRT engine's manifest, a Triton entry, with its golden file)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
-from wconv_deploy.errors import WconvError
+from wconv_deploy.errors import InputError, WconvError
 from wconv_deploy.fold import FoldReport, WeightedLayer, find_weighted, fold
 from wconv_deploy.loading import LoadedModel
 from wconv_deploy.reports import Report
 from wconv_deploy.table import format_table
 
-__all__ = ["Inspection", "inspect_model"]
+__all__ = ["ArtifactInspection", "Inspection", "inspect_artifact", "inspect_model"]
 
 _FORMAT_NAMES = {
     "pickle": "whole-model pickle (torch.save(model))",
@@ -43,7 +46,8 @@ class Inspection(Report):
 
     @property
     def folds_cleanly(self) -> bool:
-        return self.fold is not None and self.fold.clean
+        check = self.fold.model_check if self.fold is not None else None
+        return self.fold is not None and self.fold.clean and check is not None and not check.skipped
 
     def render(self) -> str:
         fmt = _FORMAT_NAMES.get(self.format, self.format)
@@ -101,6 +105,10 @@ def _verdict(ins: Inspection) -> str:
         return "not checked here (see above)"
     if report.not_folded:
         return f"no, {len(report.not_folded)} weighted layer(s) left unfolded"
+    check = report.model_check
+    if check is None or check.skipped:  # "yes" only for a model seen to run on float32 inputs, as export feeds it
+        why = check.skipped if check is not None else "no check"
+        return f"unknown: {len(report.folded)} weighted layer(s) folded, but the whole model was not run ({why})"
     return f"yes, {len(report.folded)} weighted layer(s) folded"
 
 
@@ -128,3 +136,129 @@ def inspect_model(loaded: LoadedModel, *, fold_bn: bool = True) -> Inspection:
         fold=report,
         fold_error=error,
     )
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+@dataclass
+class ArtifactInspection(Report):
+    """What an ONNX file, a TensorRT engine (from its manifest only: the engine is never
+    deserialised) or a Triton model entry is: I/O, ranges, precision, counts, provenance, evidence."""
+
+    path: str
+    kind: str  # onnx | engine
+    precision: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    input_spec: str | None
+    opset: int | None = None
+    conv_nodes: int | None = None
+    qdq_nodes: int | None = None
+    provenance: dict[str, str] = field(default_factory=dict)
+    engine_manifest: dict[str, Any] | None = None
+    golden: dict[str, Any] | None = None
+    entry: dict[str, Any] | None = None  # a Triton entry: its name, version, config and manifest.json facts
+
+    def render(self) -> str:
+        lines = []
+        if self.entry is not None:
+            e = self.entry
+            lines.append(
+                f"entry       {e['name']} version {e['version']}, max_batch_size {e['max_batch']}, runtime {e['runtime']}"
+            )
+        lines += [f"file        {self.path} ({self.kind})", f"precision   {self.precision}"]
+        if self.opset is not None:
+            lines.append(f"graph       opset {self.opset}, {self.conv_nodes} Conv, {self.qdq_nodes} Q/DQ node(s)")
+        if self.input_spec:
+            lines.append(f"input spec  {self.input_spec}")
+        rows = [
+            [side, t["name"], t["dtype"], t["shape"], t.get("range", "")]
+            for side in ("input", "output")
+            for t in getattr(self, side + "s")
+        ]
+        lines += ["", format_table(["", "name", "dtype", "shape", "range (min / opt / max)"], rows)]
+        if self.engine_manifest is not None:
+            m = self.engine_manifest
+            lines += ["", f"engine      TensorRT {m['tensorrt_version']}, {m['gpu_name']} (sm {m['compute_capability']})"]
+            lines += [
+                f"profile {i}   " + ", ".join(f"{n} {s['min']} / {s['opt']} / {s['max']}" for n, s in p.items())
+                for i, p in enumerate(m["profiles"])
+            ]
+        if self.provenance:
+            lines.append("")
+            lines += [f"{k:<11} {v if len(v) <= 100 else v[:97] + '...'}" for k, v in sorted(self.provenance.items())]
+        lines.append("")
+        if self.golden is None:
+            lines.append("golden      none beside it (verify cannot check it)")
+        else:
+            g = self.golden
+            task = f", task {g['task']['name']} {g['task']['reference']:.4g}" if g.get("task") else ""
+            lines.append(
+                f"golden      {g['path']}: {len(g['summary'])} case(s), {g['precision']} "
+                f"atol={g['atol']:g} rtol={g['rtol']:g}{task}"
+            )
+        return "\n".join(lines)
+
+
+def _tensor_rows(tensors: Any, spec: Any) -> list[dict[str, Any]]:
+    """Each tensor's name, dtype and shape (-1: dynamic), with its spec range when the spec has it."""
+    ranges = {t.name: t for t in spec.inputs} if spec is not None else {}
+    rows = []
+    for t in tensors:
+        row: dict[str, Any] = {
+            "name": t.name,
+            "dtype": t.dtype,
+            "shape": "x".join("?" if d < 0 else str(d) for d in t.shape or ()),
+        }
+        if t.name in ranges:
+            row["range"] = " / ".join("x".join(map(str, ranges[t.name].shape(w))) for w in ("min", "opt", "max"))
+        rows.append(row)
+    return rows
+
+
+def inspect_artifact(target: str | os.PathLike[str]) -> ArtifactInspection:
+    """Describe an ONNX file, a TensorRT engine (``.plan``/``.engine``, through its manifest) or a
+    Triton model entry or repository (``REPO/NAME``: the model file the entry serves)."""
+    from wconv_deploy.artifacts import BuildManifest, OnnxInfo, manifest_path
+    from wconv_deploy.golden import ENTRY_GOLDEN, golden_path, read_golden
+    from wconv_deploy.options import artifact_kind
+    from wconv_deploy.ship.serve import resolve_target
+
+    path = Path(target)
+    entry = None
+    folder = path.parent
+    if path.is_dir():
+        served = resolve_target(path)
+        entry = {"name": served.name, "version": served.version, "max_batch": served.max_batch, "runtime": served.runtime}
+        path, folder = served.artifact, served.artifact.parent
+    kind = artifact_kind(path)
+    if kind == "onnx":
+        info = OnnxInfo.read(path)
+        opsets = [o.version for o in info.model.opset_import if o.domain in ("", "ai.onnx")]
+        result = ArtifactInspection(
+            os.fspath(path), "onnx", info.precision.value,
+            _tensor_rows(info.inputs, info.stored_spec), _tensor_rows(info.outputs, None),
+            str(info.stored_spec) if info.stored_spec else None,
+            opset=opsets[0] if opsets else None,
+            conv_nodes=sum(n.op_type == "Conv" for n in info.model.graph.node),
+            qdq_nodes=info.qdq_nodes,
+            provenance=info.provenance,
+        )  # fmt: skip
+    elif kind == "engine":
+        manifest = BuildManifest.read(manifest_path(path), within=folder)
+        spec = manifest.spec(path.name)
+        inputs, outputs = manifest.tensors(path.name)
+        result = ArtifactInspection(
+            os.fspath(path), "engine", manifest.precision, _tensor_rows(inputs, spec), _tensor_rows(outputs, None), str(spec),
+            provenance={"onnx": f"{manifest.onnx_path} (sha256 {manifest.onnx_sha256[:12]})", "built": manifest.created},
+            engine_manifest=manifest.to_dict(),
+        )  # fmt: skip
+    else:
+        raise InputError(f"{path}: not an ONNX file, a TensorRT engine or a model folder")
+    result.entry = entry
+    for candidate in (golden_path(path), folder / ENTRY_GOLDEN):
+        if os.path.lexists(candidate):
+            result.golden = read_golden(candidate, within=folder).to_dict()
+            break
+    return result

@@ -38,6 +38,7 @@ from typing import Any
 from wconv_deploy.artifacts import BuildManifest, OnnxInfo, graph_io, manifest_path, read_onnx
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.fileio import file_sha256, open_regular, regular_file, staging_dir
+from wconv_deploy.golden import ENTRY_GOLDEN, golden_path, read_golden
 from wconv_deploy.reports import Report
 from wconv_deploy.ship.check import CheckReport, check_folder
 from wconv_deploy.ship.config import (
@@ -71,6 +72,7 @@ class _Artifact:
     provenance: dict[str, Any]
     data_files: list[str] = field(default_factory=list)  # an ONNX file's external data, copied by name
     built: BuildManifest | None = None  # an engine's manifest, written beside it
+    golden: Path | None = None  # its golden file (wconv_deploy.golden), copied as VERSION/model.golden.npz
 
 
 @dataclass
@@ -110,13 +112,16 @@ def package(
     dynamic_batching: bool = False,
     preferred_batch: Sequence[int] = (),
     max_queue_delay_us: int | None = None,
+    accelerator: str | None = None,
+    warmup: bool = False,
     progress: Progress | None = None,
 ) -> PackageReport:
     """Write ``artifacts`` (one exported ONNX file, or TensorRT engines with their manifests) as
     the Triton model ``REPO/NAME``, check it offline, and return the report.
 
     ``max_batch`` defaults to the largest batch of the input spec or profile (0 for a model that
-    does not batch); ``kind`` to ``gpu`` for engines and ``cpu`` for ONNX. Raises InputError for
+    does not batch); ``kind`` to ``gpu`` for engines and ``cpu`` for ONNX. ``accelerator`` (an ONNX
+    model on GPUs) and ``warmup`` go into config.pbtxt (:func:`config_text`). Raises InputError for
     unusable artifacts or options, before anything is written; the repository is unchanged by any
     failure (or signal).
     """
@@ -141,6 +146,10 @@ def package(
     mbs = io.max_batch_size(max_batch)
     if dynamic_batching and mbs == 0:
         raise InputError(f"--dynamic-batching needs a model that batches; this one does not ({io.not_batching_reason})")
+    if accelerator is not None and (platform != ONNX_PLATFORM or kind != "gpu"):
+        raise InputError(
+            f"--accelerator {accelerator}: ONNX Runtime's TensorRT accelerator is for an ONNX model on GPUs (--kind gpu)"
+        )
     if any(not 1 <= b <= mbs for b in preferred_batch):
         raise InputError(f"--preferred-batch {','.join(map(str, preferred_batch))}: each size must be 1 to max_batch_size {mbs}")
 
@@ -156,6 +165,8 @@ def package(
         dynamic_batching=dynamic_batching,
         preferred_batch=preferred_batch,
         max_queue_delay_us=max_queue_delay_us,
+        accelerator=accelerator,
+        warmup=warmup,
     )
     options = {
         "max_batch": max_batch,
@@ -164,6 +175,8 @@ def package(
         "dynamic_batching": dynamic_batching,
         "preferred_batch": list(preferred_batch),
         "max_queue_delay_us": max_queue_delay_us,
+        "accelerator": accelerator,
+        "warmup": warmup,
     }
 
     created = not repo_path.exists()
@@ -234,7 +247,9 @@ def _read_artifacts(paths: list[Path], say: Progress) -> tuple[str, list[_Artifa
         artifact = _Artifact(
             path, DEFAULT_FILENAME[ONNX_PLATFORM], ModelIO.of_onnx(info), {"metadata": info.metadata}, info.external_data
         )
-        return ONNX_PLATFORM, [artifact], []
+        notes: list[str] = []
+        artifact.golden = _golden_for(path, file_sha256(path), notes)
+        return ONNX_PLATFORM, [artifact], notes
     return _read_engines(paths, say)
 
 
@@ -272,7 +287,27 @@ def _read_engines(paths: list[Path], say: Progress) -> tuple[str, list[_Artifact
     if len(sources) > 1:
         mapping = ", ".join(f"sm {a.provenance['compute_capability']} -> {a.file}" for a in sources)
         notes.append(f"engines by GPU: {mapping}; other GPUs load the default {first.file}")
+    if first.built is not None:
+        first.golden = _golden_for(first.source, first.built.onnx_sha256, notes)
     return TRT_PLATFORM, sources, notes
+
+
+def _golden_for(source: Path, sha256: str, notes: list[str]) -> Path | None:
+    """The golden file beside ``source`` when it is readable and made for it (the ONNX file's
+    sha256, an engine's ONNX's), else None with a note saying why verify will lack it."""
+    path = golden_path(source)
+    if not os.path.lexists(path):
+        notes.append(f"no golden file {path.name} beside {source.name}: verify cannot check this entry")
+        return None
+    try:
+        golden = read_golden(path, within=source.parent)
+    except InputError as e:
+        notes.append(f"golden file not packaged: {e}")
+        return None
+    if golden.artifact_sha256 != sha256:
+        notes.append(f"golden file not packaged: {path.name} was made for another file than {source.name} (sha256)")
+        return None
+    return path
 
 
 def _io_from_source(built: BuildManifest, engine: Path) -> dict[str, list[dict[str, Any]]]:
@@ -304,6 +339,8 @@ def _write_entry(
             (folder / f"{a.file}.json").write_text(a.built.to_json())
         for data in a.data_files:  # checked by read_onnx: regular files in the ONNX file's folder
             _copy_file(a.source.parent / data, folder / data, within=a.source.parent)
+        if a.golden is not None:  # read and matched by _golden_for
+            _copy_file(a.golden, folder / ENTRY_GOLDEN, within=a.source.parent)
     files = {p.relative_to(stage).as_posix(): file_sha256(p, within=stage) for p in sorted(stage.rglob("*")) if p.is_file()}
     manifest = {
         "name": name,
@@ -313,6 +350,7 @@ def _write_entry(
         "wconv_deploy_version": __version__,
         "options": options,
         "files": files,
+        "golden": next((f"{version}/{ENTRY_GOLDEN}" for a in sources if a.golden is not None), None),
         "artifacts": [
             {"file": f"{version}/{a.file}", "source": os.fspath(a.source.resolve()), "sha256": files[f"{version}/{a.file}"]}
             | a.provenance
