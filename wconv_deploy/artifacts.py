@@ -39,6 +39,8 @@ KEY_EXPORTER = METADATA_PREFIX + "exporter"
 KEY_TORCH_VERSION = METADATA_PREFIX + "torch_version"
 KEY_PRECISION = METADATA_PREFIX + "precision"  # a Precision value, written by convert
 KEY_KEEP_FP32 = METADATA_PREFIX + "keep_fp32"  # JSON: the nodes convert left in fp32
+KEY_CONV_LAYERS = METADATA_PREFIX + "conv_layers"  # JSON: {Conv node name: PyTorch module name}, by export
+KEY_PREPROCESS = METADATA_PREFIX + "preprocess"  # JSON: how images become inputs (preprocess.ImagePreprocess.record)
 #: Quantisation nodes: a graph holding them is int8 (explicit quantisation).
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: More axes than any tensor of a deployable CNN has (ONNX Runtime and TensorRT stop at 8).
