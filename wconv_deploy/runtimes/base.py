@@ -49,15 +49,20 @@ class Runtime(ABC):
     #: The inputs ``run`` accepts; None: only the names are checked.
     spec: InputSpec | None = None
 
-    @property
-    @abstractmethod
-    def input_names(self) -> list[str]:
-        """The inputs ``run`` expects, in the model's order."""
+    #: What the backend read from its artifact; a backend that knows its names otherwise
+    #: overrides the properties below.
+    _inputs: list[str]
+    _outputs: list[str]
 
     @property
-    @abstractmethod
+    def input_names(self) -> list[str]:
+        """The inputs ``run`` expects, in the model's order."""
+        return list(self._inputs)
+
+    @property
     def output_names(self) -> list[str]:
         """The outputs ``run`` returns, in order."""
+        return list(self._outputs)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Outputs for ``feeds`` (one array per input name), checked against the spec first."""

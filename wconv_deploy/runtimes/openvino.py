@@ -62,14 +62,6 @@ class OpenVinoRuntime(Runtime):
         self.request = self.compiled.create_infer_request()
         self._version = ov.__version__
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         result = self.request.infer([np.ascontiguousarray(feeds[n]) for n in self._inputs])
         return [np.asarray(v) for v in result.to_tuple()]  # in the model's output order

@@ -49,25 +49,16 @@ class TorchRuntime(Runtime):
         self.dtype = getattr(torch, TORCH_DTYPES[precision])
         model = model.to(self.device, self.dtype) if precision != Precision.FP32 else model.to(self.device)
         self.model: Callable[..., Any] = torch.compile(model) if compile else model
-        self._input_names = list(input_names)
-        self._outputs: list[str] | None = None
+        self._inputs = list(input_names)
+        self._outputs = []  # ``output_0``, ... (a module does not name its outputs): known after the first run
         self.spec = spec
         self.compiled = compile
         self.name = label or ("torch-compile" if compile else "torch")
 
-    @property
-    def input_names(self) -> list[str]:
-        return self._input_names
-
-    @property
-    def output_names(self) -> list[str]:
-        """``output_0``, ... (a PyTorch module does not name its outputs); known after the first run."""
-        return list(self._outputs or [])
-
     def _args(self, feeds: Mapping[str, np.ndarray]) -> list[Any]:
         import torch
 
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._input_names]
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device) for n in self._inputs]
         return [a.to(self.dtype) if a.is_floating_point() else a for a in args]
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
