@@ -5,6 +5,7 @@ readers that must not block (a FIFO)."""
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sysconfig
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from click.testing import CliRunner, Result
 from torch import nn
@@ -95,3 +97,18 @@ def finishes(fn: Callable[[], Any], seconds: float = 20.0) -> Any:
     if isinstance(out[0], BaseException):
         raise out[0]
     return out[0]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; fails on anything that is not a PNG."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def fake_local_gpu(monkeypatch: pytest.MonkeyPatch, name: str, capability: tuple[int, int]) -> None:
+    """A CUDA device 0 as torch reports it (trt_plan.local_gpu asks torch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)

@@ -157,7 +157,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     r = assert_ok(invoke("demo", "-o", tmp_path / "out"))
     assert r.stderr == ""
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["denoised_side_by_side.png", "denoiser.onnx", "denoiser.onnx.report.json"]
+    written = ["denoised_side_by_side.png", "denoiser.golden.npz", "denoiser.onnx", "denoiser.onnx.report.json"]
+    assert sorted(p.name for p in out.iterdir()) == written
     with Image.open(out / "denoised_side_by_side.png") as png:
         assert png.width > 3 * 256 and png.height > 256
     psnr = {line.split()[1]: float(line.split()[-2]) for line in r.stdout.splitlines() if line.strip().startswith("PSNR")}
@@ -165,3 +166,15 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert psnr["PyTorch"] == pytest.approx(psnr["ONNX"], abs=0.01)
     assert psnr["PyTorch"] > psnr["noisy"] + 5
     assert "latency" in r.stdout and "demo finished" in r.stdout
+
+
+def test_help_hides_old_spellings_but_keeps_the_current_ones() -> None:
+    """``--out`` and ``--shape`` stay accepted but hidden; the names they abbreviate stay whole."""
+    from wconv_deploy.cli import cli
+
+    for name in cli.list_commands(None):  # type: ignore[arg-type]
+        text = assert_ok(invoke(name, "--help")).stdout
+        assert "--out," not in text and "--out " not in text and "--shape " not in text, name
+        assert "-oput" not in text and "--inpu-" not in text, name
+        if "--output" in text:
+            assert "-o, --output" in text, name

@@ -98,7 +98,7 @@ def test_int8_calibrated_on_photos_is_qdq_per_channel_within_a_tenth_of_a_db(wor
     assert -0.05 < loss < 0.1, report.task
     assert len(report.layers) == 8 and all(ly.module.startswith("body.") for ly in report.layers)
     assert all(0 < ly.rel_error < 0.5 and ly.max_abs > 0 for ly in report.layers)
-    assert "per-layer error vs fp32 PyTorch" in report.render()
+    assert "per-layer error vs the fp32 graph" in report.render()
 
 
 def test_keep_fp32_takes_pytorch_layer_names_and_leaves_that_conv_unquantised(work: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.contract import png_size
 from tests.serving import SERVE_HINT, needs_pytriton, needs_tritonclient
 from tests.serving import client as _client
 from tests.serving import infer as _infer
@@ -91,7 +92,7 @@ def test_server_answers_like_pytorch(server: Server, protocol: str) -> None:
 
 
 @needs_pytriton
-def test_loadtest_reports_consistent_numbers(server: Server) -> None:
+def test_loadtest_reports_consistent_numbers(server: Server, tmp_path: Path) -> None:
     lines: list[str] = []
     report = loadtest(server.grpc_url, server.model_name, concurrency=(1, 2), duration_s=1.0, warmup_s=0.2, progress=lines.append)
     assert (report.protocol, report.batch, report.inputs) == ("grpc", 1, {"input": [1, 1, 64, 64]})
@@ -107,6 +108,9 @@ def test_loadtest_reports_consistent_numbers(server: Server) -> None:
     batched = loadtest(server.http_url, "small", concurrency=(1,), duration_s=0.5, warmup_s=0.1, batch=2)
     assert batched.inputs == {"input": [2, 1, 64, 64]} and batched.levels[0].errors == 0
     assert batched.levels[0].samples_per_s == pytest.approx(2 * batched.levels[0].infer_per_s)
+    png = tmp_path / "loadtest.png"
+    report.plot(png)
+    assert png_size(png) == (720, 840)  # one panel: latency over throughput
 
 
 @needs_pytriton

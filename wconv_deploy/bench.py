@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from wconv_deploy._optional import require
 from wconv_deploy.errors import InputError
 from wconv_deploy.precision import Precision
 from wconv_deploy.reports import Report
@@ -209,38 +208,24 @@ class BenchReport(Report):
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> None:
-        """A PNG: median latency against batch size, one line per runtime, one panel per device."""
-        require("matplotlib", "plot").use("Agg")
-        import matplotlib.pyplot as plt
+        """A PNG: p50/p99 latency and throughput against batch size, one curve per runtime and
+        precision, one panel per device."""
+        from wconv_deploy.plots import Curve, latency_plot
 
-        from wconv_deploy.fileio import atomic_output
-
-        devices = list(dict.fromkeys(r.device for r in self.rows if r.stats is not None))
-        if not devices:
-            raise InputError("nothing was measured, so there is nothing to plot")
-        fig, axes = plt.subplots(1, len(devices), figsize=(6 * len(devices), 4), squeeze=False)
-        for ax, device in zip(axes[0], devices):
-            rows = [r for r in self.rows if r.device == device and r.stats is not None]
-            batches = sorted({r.batch for r in rows})
-            names = list(dict.fromkeys(f"{r.runtime} ({r.label})" for r in rows))
-            if len(batches) == 1:
-                values = [next(r.stats.median_ms for r in rows if f"{r.runtime} ({r.label})" == n and r.stats) for n in names]
-                ax.barh(names, values)
-                ax.set_xlabel(f"median latency, batch {batches[0]} (ms)")
-            else:
-                for n in names:
-                    pts = sorted((r.batch, r.stats.median_ms) for r in rows if f"{r.runtime} ({r.label})" == n and r.stats)
-                    ax.plot([b for b, _ in pts], [m for _, m in pts], marker="o", label=n)
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                ax.set_xlabel("batch size")
-                ax.set_ylabel("median latency (ms)")
-                ax.legend(fontsize=8)
-            ax.set_title(device[:60], fontsize=9)
-        fig.tight_layout()
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
+        panels: dict[str, list[Curve]] = {}
+        measured = [r for r in self.rows if r.stats is not None]
+        for device in dict.fromkeys(r.device for r in measured):
+            rows = [r for r in measured if r.device == device]
+            curves = []
+            for name in dict.fromkeys(f"{r.runtime} ({r.label})" for r in rows):
+                pts = sorted(((r.batch, r.stats) for r in rows if f"{r.runtime} ({r.label})" == name), key=lambda p: p[0])
+                stats = [st for _, st in pts if st is not None]
+                curves.append(
+                    Curve(name, [b for b, _ in pts], [st.median_ms for st in stats], [st.p99_ms for st in stats],
+                          [st.throughput for st in stats])
+                )  # fmt: skip
+            panels[device] = curves
+        latency_plot(panels, "batch size", path)
 
 
 def _row_cells(r: BenchRow) -> list[str]:
@@ -314,6 +299,8 @@ def run_bench(
     kinds = {name: get(name).kind for name in runtimes}  # InputError for an unknown name
     if any(b < 1 for b in batches):
         raise InputError("--batch sizes must be positive")
+    if model is not None:  # a half-precision model is timed and compared as the fp32 model it loads as
+        model = _float32(model)
     artifacts = {"torch": model, "onnx": onnx_path, "engine": engine_path}
     with tempfile.TemporaryDirectory(prefix="wconv-bench-") as tmp:
         if onnx_path is None and model is not None and "onnx" in kinds.values():
@@ -396,13 +383,28 @@ def _measure(
 
 
 def _reference(model: nn.Module | None, onnx_path: str | os.PathLike[str] | None, spec: InputSpec) -> tuple[Runtime | None, str]:
-    if model is not None:
-        return create_runtime("torch", model=model, input_names=spec.names), "PyTorch fp32 eager (the unfolded model)"
+    if model is not None:  # its own copy: the runtimes timed may move or cast the model they are given
+        import copy
+
+        return create_runtime(
+            "torch", model=copy.deepcopy(model), input_names=spec.names
+        ), "PyTorch fp32 eager (the unfolded model)"
     if onnx_path is not None and unavailable_reason("ort-cpu") is None:
         return create_runtime(
             "ort-cpu", onnx_path=onnx_path, input_names=spec.names
         ), "ONNX Runtime CPU fp32 (no PyTorch model given)"
     return None, "nothing (no reference runtime available)"
+
+
+def _float32(model: nn.Module) -> nn.Module:
+    """``model``, or a float32 copy of it when it holds float16/bfloat16 weights (the caller's is left as it is)."""
+    import copy
+
+    from wconv_deploy.loading import HALF_DTYPES, as_float32
+
+    if any(t.dtype in HALF_DTYPES for t in [*model.parameters(), *model.buffers()]):
+        return as_float32(copy.deepcopy(model), [])
+    return model
 
 
 def _export_for_bench(model: nn.Module, spec: InputSpec, max_batch: int, out: Path, say: Progress) -> Path:

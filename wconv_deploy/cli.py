@@ -14,6 +14,7 @@ interrupted. Errors are one line on stderr; ``--debug`` shows the traceback inst
 from __future__ import annotations
 
 import functools
+import re
 import signal
 import sys
 import time
@@ -21,14 +22,26 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from wconv_deploy._version import __version__
 from wconv_deploy.errors import DISK_FULL, InputError, Interrupted, MismatchError, WconvError
-from wconv_deploy.options import CheckOptions, ModelSource, ShapeOptions, artifact_kind, int_list, name_list
+from wconv_deploy.options import (
+    CheckOptions,
+    ModelSource,
+    ShapeOptions,
+    TaskBudget,
+    artifact_kind,
+    int_list,
+    name_list,
+)
 from wconv_deploy.spec import MAX_INPUT_GB
+
+if TYPE_CHECKING:
+    from wconv_deploy.calibration import CalibrationOptions
+    from wconv_deploy.preprocess import ImagePreprocess
 
 _EMIT = "wconv_deploy.emit"  # ctx.meta key: how the running command prints its report
 
@@ -77,16 +90,17 @@ def _fail(ctx: click.Context, message: str, code: int) -> None:
 
 
 class _Option(click.Option):
-    """An option whose help shows only its first two spellings: later ones are old names kept
-    working (``--out`` for ``--output``, ``--shape`` for ``--input-shape``)."""
+    """An option whose help shows only its short flag and first long spelling: later long ones
+    are old names kept working (``--out`` for ``--output``, ``--shape`` for ``--input-shape``)."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
         record = super().get_help_record(ctx)
-        if record is None or len(self.opts) <= 2:
+        longs = [o for o in self.opts if o.startswith("--")]
+        if record is None or len(longs) <= 1:
             return record
         first, rest = record
-        for old in self.opts[2:]:
-            first = first.replace(f", {old}", "")
+        for old in longs[1:]:  # whole spellings only: "--out" is a prefix of "--output"
+            first = re.sub(rf", {re.escape(old)}(?=[ ,]|$)", "", first)
         return first, rest
 
 
@@ -207,6 +221,105 @@ def _shape_options(f: Any) -> Any:
     )(g)
 
 
+def _plot_option(f: Any) -> Any:
+    """--plot PNG as ``plot_out``; its folder is checked before the command runs, not after
+    minutes of measuring. The command draws with :func:`_write_plot`."""
+
+    @functools.wraps(f)
+    def checked(*args: Any, plot_out: Path | None, **kwargs: Any) -> Any:
+        if plot_out is not None and not (plot_out.parent if str(plot_out.parent) else Path(".")).is_dir():
+            raise InputError(f"--plot {plot_out}: folder {plot_out.parent} does not exist")
+        return f(*args, plot_out=plot_out, **kwargs)
+
+    help_text = "Also write a PNG here: p50/p99 latency and throughput."
+    return click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help=help_text)(checked)
+
+
+def _write_plot(report: Any, plot_out: Path | None, emit: _Emit) -> None:
+    if plot_out is not None:
+        report.plot(plot_out)
+        if not emit.as_json:
+            click.echo(f"wrote {plot_out}")
+
+
+def _budget_options(f: Any) -> Any:
+    """--max-psnr-drop and --min-top1-agreement as ``budget: TaskBudget``: the task quality a
+    lower precision may lose before its variant fails."""
+    from wconv_deploy.options import TaskBudget
+
+    g = _gather("budget", ("max_psnr_drop", "min_top1_agreement"), TaskBudget)(f)
+    g = click.option(
+        "--min-top1-agreement",
+        type=float,
+        metavar="F",
+        help="Fail a classifier variant whose top-1 classes agree with fp32 PyTorch on less than this share (0..1).",
+    )(g)
+    return click.option(
+        "--max-psnr-drop",
+        type=float,
+        metavar="DB",
+        help="Fail an image-to-image variant whose PSNR on the validation image drops more than DB below fp32 PyTorch.",
+    )(g)
+
+
+def _preprocess_options(f: Any) -> Any:
+    """--channels, --mean, --std, --scale, --resize and --crop as one ImagePreprocess, applied to
+    every image folder the command loads (--inputs, --calibration; see wconv_deploy.preprocess)."""
+    from wconv_deploy.preprocess import CHANNEL_ORDERS, CROPS, RESIZE_POLICIES, ImagePreprocess, float_list
+
+    def build(channels: str | None, mean: str | None, std: str | None, scale: float, resize: str, crop: str) -> ImagePreprocess:
+        return ImagePreprocess(channels, float_list(mean, "--mean"), float_list(std, "--std"), scale, resize, crop)
+
+    @functools.wraps(f)
+    def applied(*args: Any, preprocess: ImagePreprocess, **kwargs: Any) -> Any:
+        from wconv_deploy.preprocess import using
+
+        with using(preprocess):
+            return f(*args, **kwargs)
+
+    g = _gather("preprocess", ("channels", "mean", "std", "scale", "resize", "crop"), build)(applied)
+    g = click.option(
+        "--crop", type=click.Choice(CROPS), default="none", show_default=True, help="Centre-crop images to the spec's HxW."
+    )(g)
+    g = click.option(
+        "--resize",
+        type=click.Choice(RESIZE_POLICIES),
+        default="auto",
+        show_default=True,
+        help="auto: keep sizes the model takes, stretch others to the spec's HxW; stretch: always; "
+        "cover: keep the aspect ratio, cover HxW (with --crop center); none: never.",
+    )(g)
+    g = click.option(
+        "--scale", type=float, default=1 / 255, metavar="S", help="Pixel values are multiplied by this first [1/255]."
+    )(g)
+    g = click.option("--std", metavar="S[,S,S]", help="Per-channel std images are divided by, after --mean [1].")(g)
+    g = click.option("--mean", metavar="M[,M,M]", help="Per-channel mean subtracted from scaled images [0].")(g)
+    return click.option(
+        "--channels", type=click.Choice(CHANNEL_ORDERS), help="Channel order images are fed in [gray for 1 channel, rgb for 3]."
+    )(g)
+
+
+def _calibration_options(f: Any) -> Any:
+    """--calibration-limit and --calibration-cache as ``calibration_options: CalibrationOptions``."""
+    from wconv_deploy.calibration import CalibrationOptions, parse_limit
+
+    def build(calibration_limit: str | None, calibration_cache: Path | None) -> CalibrationOptions:
+        return CalibrationOptions(parse_limit(calibration_limit), calibration_cache)
+
+    g = _gather("calibration_options", ("calibration_limit", "calibration_cache"), build)(f)
+    g = click.option(
+        "--calibration-cache",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help="Keep the int8 activation ranges here; reused while the model and calibration inputs are the same.",
+    )(g)
+    return click.option(
+        "--calibration-limit",
+        metavar="N|F",
+        help="Calibrate on a reproducible random subset: N inputs, or a share F such as 0.25 [all].",
+    )(g)
+
+
 def _check_options(*precisions: str) -> Callable[[Any], Any]:
     """--atol, --rtol, --seed and --inputs as ``checks: CheckOptions``; the tolerances default to
     those of the artifact's precision (the help names them for ``precisions``)."""
@@ -228,6 +341,34 @@ def _check_options(*precisions: str) -> Callable[[Any], Any]:
         )(f)
 
     return decorate
+
+
+@dataclass(frozen=True)
+class _ErrorStat:
+    """--check-error-stat and --error-quantile as given."""
+
+    stat: str
+    quantile: float
+
+
+def _error_stat_options(f: Any) -> Any:
+    """--check-error-stat and --error-quantile (Polygraphy's names) as ``stats: _ErrorStat``."""
+
+    def build(check_error_stat: str, error_quantile: float) -> _ErrorStat:
+        return _ErrorStat(check_error_stat, error_quantile)
+
+    f = _gather("stats", ("check_error_stat", "error_quantile"), build)(f)
+    f = click.option(
+        "--error-quantile", type=float, default=0.99, show_default=True, metavar="Q", help="For --check-error-stat quantile."
+    )(f)
+    return click.option(
+        "--check-error-stat",
+        type=click.Choice(["elemwise", "max", "mean", "median", "quantile"]),
+        default="elemwise",
+        show_default=True,
+        help="elemwise: every element within atol + rtol*|expected|; else that statistic of the absolute error within "
+        "--atol or of the relative error within --rtol (as Polygraphy checks).",
+    )(f)
 
 
 def _output_option(
@@ -311,8 +452,15 @@ def inspect(source: ModelSource, no_fold_bn: bool, emit: _Emit) -> None:
     """Show MODEL's format, weighted layers, parameters and whether it folds cleanly.
 
     MODEL is a file saved with torch.save (whole model, state_dict with --arch, checkpoint
-    dict), a TorchScript archive or a torch.export .pt2 program.
+    dict), a TorchScript archive or a torch.export .pt2 program. For an artifact (an ONNX file, a
+    TensorRT engine, read through its manifest only, or a Triton entry REPO/NAME): its I/O and
+    ranges, opset, precision, Conv and Q/DQ counts, provenance, engine manifest and golden file.
     """
+    if artifact_kind(source.uri) != "torch" or Path(source.uri).is_dir():
+        from wconv_deploy.inspection import inspect_artifact
+
+        emit(inspect_artifact(source.uri))
+        return
     from wconv_deploy.inspection import inspect_model
 
     result = inspect_model(source.load(), fold_bn=not no_fold_bn)
@@ -346,6 +494,7 @@ def demo(output: Path) -> None:
 @click.option("--fold-bn", is_flag=True, help="Also fuse eval-mode Conv+BatchNorm pairs in PyTorch before export.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch in ONNX Runtime.")
 @_check_options()
+@_preprocess_options
 @_json_options
 def export(
     source: ModelSource,
@@ -382,25 +531,165 @@ def export(
 
 
 @cli.command(name="validate")
-@click.argument("onnx_file", metavar="ONNX", type=click.Path(path_type=Path))
-@_model_options("reference")
+@click.argument("artifact", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.argument("other", metavar="[OTHER]", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--runtime",
+    "runtimes",
+    metavar="NAME[,NAME]",
+    help="Runtime of ARTIFACT [ort-cpu for ONNX, trt for engines]; a second name: of OTHER, or of ARTIFACT again "
+    "(runtime against runtime).",
+)
+@click.option("--golden", type=click.Path(path_type=Path), help="Compare with this golden file [ARTIFACT's, beside it].")
+@_model_options("reference", required=False)
 @_shape_options
 @_check_options()
+@_preprocess_options
+@_error_stat_options
+@click.option("--load-inputs", type=click.Path(path_type=Path), help="Also validate on a Polygraphy inputs file (JSON).")
+@click.option("--save-inputs", type=click.Path(dir_okay=False, path_type=Path), help="Write the inputs as Polygraphy JSON.")
+@click.option("--save-outputs", type=click.Path(dir_okay=False, path_type=Path), help="Write its outputs as Polygraphy JSON.")
 @_json_options
-def validate_cmd(onnx_file: Path, source: ModelSource, shapes: ShapeOptions, checks: CheckOptions, emit: _Emit) -> None:
-    """Check that the ONNX file computes what the PyTorch MODEL given as --reference computes.
+def validate_cmd(
+    artifact: Path,
+    other: Path | None,
+    runtimes: str | None,
+    golden: Path | None,
+    source: ModelSource | None,
+    shapes: ShapeOptions,
+    checks: CheckOptions,
+    stats: _ErrorStat,
+    load_inputs: Path | None,
+    save_inputs: Path | None,
+    save_outputs: Path | None,
+    emit: _Emit,
+) -> None:
+    """Check that ARTIFACT (an ONNX file or a TensorRT engine) computes on its runtime what the
+    reference computes: OTHER on its own runtime, ARTIFACT on a second --runtime, the PyTorch
+    --reference MODEL, a --golden file, else the golden file beside ARTIFACT, else the zoo model
+    its metadata names. Tolerances default to the precision of the artifact and runtime.
 
-    Shapes come from the file's wconv-deploy metadata unless --input-shape is given.
+    Shapes come from the artifact (export metadata, engine manifest) unless --input-shape is given.
     """
-    from wconv_deploy.fileio import regular_file
-    from wconv_deploy.validate import validate
+    from wconv_deploy.validate import validate_artifact
 
-    regular_file(onnx_file)
-    spec = shapes.given()
-    atol, rtol = checks.tolerance()
-    report = validate(onnx_file, source.load(), spec, inputs=checks.inputs, atol=atol, rtol=rtol, seed=checks.seed)
-    if not report.passed:
-        raise MismatchError(f"{onnx_file} does not compute what {source.uri} computes (see the report above)", report)
+    names = name_list(runtimes) if runtimes else []
+    if len(names) > 2:
+        raise InputError("--runtime: give at most two runtimes (ARTIFACT's, then the reference's)")
+    for path in (p for p in (save_inputs, save_outputs) if p is not None):
+        if not (path.parent if str(path.parent) else Path(".")).is_dir():
+            raise InputError(f"{path}: folder {path.parent} does not exist")
+    reference = _validation_reference(artifact, other, len(names) == 2 and other is None, source, golden)
+    extra = []
+    if load_inputs is not None:
+        from wconv_deploy.golden import load_inputs_json
+        from wconv_deploy.validate import open_artifact
+
+        spec = shapes.given() or open_artifact(artifact, names[0] if names else None).spec
+        if spec is None:
+            raise InputError(f"--load-inputs: {artifact} has no input spec to check them against; pass --input-shape")
+        extra = load_inputs_json(load_inputs, spec)
+    report = validate_artifact(
+        artifact,
+        reference,
+        runtime=names[0] if names else None,
+        reference_runtime=names[1] if len(names) == 2 else None,
+        spec=shapes.given(),
+        inputs=checks.inputs,
+        extra_cases=extra,
+        atol=checks.atol,
+        rtol=checks.rtol,
+        error_stat=stats.stat,
+        error_quantile=stats.quantile,
+        seed=checks.seed,
+        trust_code=bool(source and source.trust_code),
+    )
+    if save_inputs is not None or save_outputs is not None:
+        from wconv_deploy.golden import save_inputs_json, save_outputs_json
+
+        if save_inputs is not None:
+            save_inputs_json([(c.label, f) for c, f in zip(report.cases, report.feeds)], save_inputs)
+        if save_outputs is not None:
+            names_out = [o.name for o in report.cases[0].outputs] if report.cases else []
+            save_outputs_json([(report.runtime, report.outputs)], names_out, save_outputs)
+    report.raise_for_failure()
+    emit(report)
+
+
+def _validation_reference(
+    artifact: Path, other: Path | None, twice: bool, source: ModelSource | None, golden: Path | None
+) -> Any:
+    """What ``validate`` compares ARTIFACT with (see its help, in that order)."""
+    from wconv_deploy.golden import golden_path, read_golden
+
+    if other is not None:
+        return other
+    if twice:
+        return artifact
+    if source is not None:
+        return source.load()
+    if golden is not None:
+        return read_golden(golden)
+    if golden_path(artifact).exists():
+        return read_golden(golden_path(artifact), within=artifact.parent)
+    if artifact_kind(artifact) == "onnx":
+        from wconv_deploy.artifacts import OnnxInfo
+        from wconv_deploy.exporters.precision import _reference_from_metadata
+
+        loaded = _reference_from_metadata(OnnxInfo.read(artifact).model)
+        if loaded is not None:
+            return loaded
+    raise InputError(f"{artifact}: nothing to compare with: give --reference MODEL, --golden FILE, OTHER or two --runtime names")
+
+
+@cli.command(name="verify")
+@click.argument("target", metavar="[REPO|ENTRY|ARTIFACT]", required=False, type=click.Path(path_type=Path))
+@click.option("--url", help="Verify the model served by Triton here (http://HOST:PORT or grpc://HOST:PORT) instead.")
+@click.option("--model", help="The model on the server (--url), or in a repository holding several.")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), help="For a --url without http:// or grpc:// [http].")
+@click.option("--runtime", help="What runs the model [as serve picks it: ort-cpu for ONNX, trt for engines].")
+@click.option("--golden", type=click.Path(path_type=Path), help="The golden file [the one beside the model file].")
+@click.option("--atol", type=float, metavar="A", help="Absolute tolerance [the golden file's].")
+@click.option("--rtol", type=float, metavar="R", help="Relative tolerance [the golden file's].")
+@_error_stat_options
+@_budget_options
+@_trust_option
+@_json_options
+def verify_cmd(
+    target: Path | None,
+    url: str | None,
+    model: str | None,
+    protocol: str | None,
+    runtime: str | None,
+    golden: Path | None,
+    atol: float | None,
+    rtol: float | None,
+    stats: _ErrorStat,
+    budget: TaskBudget,
+    trust_code: bool,
+    emit: _Emit,
+) -> None:
+    """Re-run the golden inputs shipped with a model and compare with the golden outputs and task
+    metric, without PyTorch: a Triton repository or model entry from package, or an artifact with
+    its .golden.npz beside it; with --url, through a live Triton server (the golden file from
+    TARGET or --golden)."""
+    from functools import partial
+
+    from wconv_deploy.verify import verify, verify_url
+
+    if url is not None:
+        if model is None:
+            raise InputError("--url needs --model NAME (the model on the server)")
+        evidence = golden or target
+        if evidence is None:
+            raise InputError("--url needs the golden file: give TARGET (repository, entry or artifact) or --golden FILE")
+        check = partial(verify_url, url, model, evidence, protocol=protocol)
+    else:
+        if target is None:
+            raise InputError("give TARGET (a repository, model entry or artifact) or --url")
+        check = partial(verify, target, model=model, runtime=runtime, golden=golden, trust_code=trust_code)
+    report = check(atol=atol, rtol=rtol, error_stat=stats.stat, error_quantile=stats.quantile, budget=budget)
+    report.raise_for_failure()
     emit(report)
 
 
@@ -425,6 +714,9 @@ def validate_cmd(onnx_file: Path, source: ModelSource, shapes: ShapeOptions, che
 )
 @click.option("--per-layer", is_flag=True, help="Report every Conv output's error vs fp32 PyTorch.")
 @_check_options("fp16", "int8")
+@_calibration_options
+@_preprocess_options
+@_budget_options
 @_json_options
 def convert(
     onnx_file: Path,
@@ -436,20 +728,38 @@ def convert(
     keep_fp32: str,
     per_layer: bool,
     checks: CheckOptions,
+    calibration_options: CalibrationOptions,
+    budget: TaskBudget,
     emit: _Emit,
 ) -> None:
     """Make an fp16 or int8 (QDQ) variant of an exported ONNX file and validate it against fp32
-    PyTorch; for zoo denoisers and classifiers the task metric (PSNR, top-1 agreement) too."""
+    PyTorch; for zoo denoisers and classifiers the task metric (PSNR, top-1 agreement) too.
+
+    int8 with --max-psnr-drop or --min-top1-agreement and no --keep-fp32 searches for the fewest
+    Conv layers to keep in fp32 that meet the budget, reports every try (layers, metric, ONNX
+    Runtime CPU latency) and writes that variant; none meeting it is exit 1, nothing written."""
     from wconv_deploy.exporters.precision import convert_onnx
     from wconv_deploy.options import variant_path
     from wconv_deploy.precision import Precision
 
     typed = Precision.parse(precision)
+    out = output or variant_path(onnx_file, typed)
+    reference = source.load() if source else None
+    if typed == Precision.INT8 and budget != TaskBudget() and not name_list(keep_fp32):
+        from wconv_deploy.search import search_precision
+
+        found = search_precision(
+            onnx_file, out, budget, reference=reference, calibration=calibration, inputs=checks.inputs,
+            calibration_method=calibration_method, calibration_options=calibration_options, seed=checks.seed,
+            atol=checks.atol, rtol=checks.rtol, per_layer=per_layer, progress=emit.progress,
+        )  # fmt: skip
+        emit(found)
+        return
     report = convert_onnx(
         onnx_file,
-        output or variant_path(onnx_file, typed),
+        out,
         typed,
-        reference=source.load() if source else None,
+        reference=reference,
         calibration=calibration,
         calibration_method=calibration_method,
         inputs=checks.inputs,
@@ -458,6 +768,8 @@ def convert(
         atol=checks.atol,
         rtol=checks.rtol,
         seed=checks.seed,
+        budget=budget,
+        calibration_options=calibration_options,
         progress=emit.progress,
     )
     emit(report)
@@ -473,9 +785,14 @@ def convert(
     show_default=True,
     help="fp32 keeps TF32 off. TensorRT 11 (or --strongly-typed): fp16/int8 need an ONNX from wconv-deploy convert.",
 )
-@click.option("--min-shape", metavar="SPEC", help="Profile minimum, written like --input-shape [the export's --dynamic minimum].")
-@click.option("--opt-shape", metavar="SPEC", help="Profile optimum [the export's --input-shape].")
-@click.option("--max-shape", metavar="SPEC", help="Profile maximum [the export's --dynamic maximum].")
+@click.option(
+    "--min-shape",
+    metavar="SPEC",
+    multiple=True,
+    help="Profile minimum, written like --input-shape [the export's --dynamic minimum]; repeat for more profiles.",
+)
+@click.option("--opt-shape", metavar="SPEC", multiple=True, help="Profile optimum [the export's --input-shape]; repeatable.")
+@click.option("--max-shape", metavar="SPEC", multiple=True, help="Profile maximum [the export's --dynamic maximum]; repeatable.")
 @click.option("--workspace-gb", type=float, metavar="GIB", help="Limit the builder's workspace memory [TensorRT's default].")
 @click.option(
     "--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Read and update this timing cache (faster rebuilds)."
@@ -492,9 +809,9 @@ def build(
     onnx_file: Path,
     output: Path | None,
     precision: str,
-    min_shape: str | None,
-    opt_shape: str | None,
-    max_shape: str | None,
+    min_shape: tuple[str, ...],
+    opt_shape: tuple[str, ...],
+    max_shape: tuple[str, ...],
     workspace_gb: float | None,
     timing_cache: Path | None,
     version_compatible: bool,
@@ -505,7 +822,8 @@ def build(
     """Build a TensorRT engine from an exported ONNX file on this machine's GPU.
 
     The optimisation profile spans the export's input spec (--input-shape and --dynamic) unless
-    --min-shape/--opt-shape/--max-shape say otherwise. The engine's manifest (OUTPUT.json) records
+    --min-shape/--opt-shape/--max-shape say otherwise; each given N times makes N profiles. The
+    build goes through NVIDIA's Polygraphy loaders. The engine's manifest (OUTPUT.json) records
     the TensorRT version and GPU it was built for; the trt runtime checks it before loading.
     """
     from wconv_deploy.exporters.tensorrt import build_engine
@@ -540,6 +858,12 @@ def build(
 @click.option("--preferred-batch", metavar="N,...", help="Batch sizes the dynamic batcher aims for, e.g. 4,8.")
 @click.option("--max-queue-delay-us", type=int, metavar="US", help="Longest a request waits for its batch to fill.")
 @click.option(
+    "--accelerator",
+    type=click.Choice(["tensorrt", "tensorrt-fp16"]),
+    help="ONNX on --kind gpu: run it through ONNX Runtime's TensorRT accelerator, profile from the input spec.",
+)
+@click.option("--warmup", is_flag=True, help="Add a model_warmup request at the input spec's opt shape.")
+@click.option(
     "--check",
     "check_dir",
     type=click.Path(path_type=Path),
@@ -558,6 +882,8 @@ def package(
     dynamic_batching: bool,
     preferred_batch: str | None,
     max_queue_delay_us: int | None,
+    accelerator: str | None,
+    warmup: bool,
     check_dir: Path | None,
     emit: _Emit,
 ) -> None:
@@ -593,6 +919,8 @@ def package(
         dynamic_batching=dynamic_batching,
         preferred_batch=int_list(preferred_batch, "--preferred-batch") if preferred_batch else (),
         max_queue_delay_us=max_queue_delay_us,
+        accelerator=accelerator,
+        warmup=warmup,
         progress=emit.progress,
     )
     emit(report)
@@ -614,6 +942,10 @@ def package(
 @click.option("--name", help="Triton model name prefix [the model file's stem].")
 @click.option("--bench-duration-s", type=float, default=1.0, show_default=True, help="Time spent timing each runtime.")
 @click.option("--no-package", is_flag=True, help="Stop before writing the Triton model repository.")
+@click.option("--no-serve-check", is_flag=True, help="Do not serve each packaged entry and verify its answers.")
+@_calibration_options
+@_preprocess_options
+@_budget_options
 @_json_options
 def deploy_cmd(
     source: ModelSource,
@@ -624,6 +956,9 @@ def deploy_cmd(
     name: str | None,
     bench_duration_s: float,
     no_package: bool,
+    no_serve_check: bool,
+    calibration_options: CalibrationOptions,
+    budget: TaskBudget,
     emit: _Emit,
 ) -> None:
     """Export, validate, convert, build (TensorRT, when here), benchmark and package MODEL for
@@ -642,9 +977,12 @@ def deploy_cmd(
         output,
         precisions=wanted,
         calibration=calibration,
+        calibration_options=calibration_options,
         name=name,
         bench_duration_s=bench_duration_s,
         package=not no_package,
+        serve_check=not no_serve_check,
+        budget=budget,
         progress=emit.progress,
     )
     emit(report)
@@ -698,6 +1036,7 @@ def serve_cmd(
     help="Full input shapes like input:1x1x64x64, for the model's variable axes.",
 )
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), help="For a URL without http:// or grpc:// [http].")
+@_plot_option
 @_json_options
 def loadtest_cmd(
     url: str,
@@ -708,6 +1047,7 @@ def loadtest_cmd(
     batch: int,
     input_shape: str | None,
     protocol: str | None,
+    plot_out: Path | None,
     emit: _Emit,
 ) -> None:
     """Measure latency percentiles and throughput of a model served by Triton at URL
@@ -726,6 +1066,7 @@ def loadtest_cmd(
         progress=emit.progress,
     )
     emit(report)
+    _write_plot(report, plot_out, emit)
 
 
 @cli.command()
@@ -738,7 +1079,7 @@ def loadtest_cmd(
 @click.option("--iterations", type=int, default=20, show_default=True, help="Minimum timed calls.")
 @click.option("--min-duration-s", type=float, default=1.0, show_default=True, help="Minimum timed duration.")
 @click.option("--threads", type=int, default=0, help="CPU threads for every runtime (default: each runtime's own).")
-@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG plot here.")
+@_plot_option
 @_model_options("none")
 @_json_options
 def bench(
@@ -774,8 +1115,6 @@ def bench(
         raise InputError("give at most one ONNX file, one TensorRT engine and one PyTorch model")
     for f in by_kind["onnx"] + by_kind["engine"]:
         regular_file(f)
-    if plot_out is not None and not (plot_out.parent if str(plot_out.parent) else Path(".")).is_dir():
-        raise InputError(f"--plot {plot_out}: folder {plot_out.parent} does not exist")  # checked now, not after minutes
     onnx_path = by_kind["onnx"][0] if by_kind["onnx"] else None
     model_uri = by_kind["torch"][0] if by_kind["torch"] else None
     model = replace(source, uri=model_uri).load().model if model_uri else None
@@ -796,10 +1135,7 @@ def bench(
         progress=emit.progress,
     )
     emit(report)
-    if plot_out:
-        report.plot(plot_out)
-        if not emit.as_json:
-            click.echo(f"wrote {plot_out}")
+    _write_plot(report, plot_out, emit)
 
 
 @cli.group()

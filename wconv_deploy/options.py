@@ -119,3 +119,35 @@ def int_list(text: str, flag: str) -> list[int]:
 def name_list(text: str) -> list[str]:
     """``"a, b,,c"`` as ``["a", "b", "c"]``."""
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """How much task quality a lower precision may lose: PSNR in dB (``max_psnr_drop``, image-to-
+    image models) and the share of top-1 classes that must agree with fp32 PyTorch
+    (``min_top1_agreement``, classifiers). None: no gate."""
+
+    max_psnr_drop: float | None = None
+    min_top1_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_psnr_drop is not None and not self.max_psnr_drop >= 0:
+            raise InputError(f"--max-psnr-drop {self.max_psnr_drop}: must be a number of dB >= 0")
+        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
+            raise InputError(f"--min-top1-agreement {self.min_top1_agreement}: must be between 0 and 1")
+
+    def miss(self, task: dict[str, float]) -> str | None:
+        """Why ``task`` (the metrics convert reports) misses the budget; None if it meets it.
+        A budget for a metric the model does not have is a miss: the gate cannot be checked."""
+        if self.max_psnr_drop is not None:
+            if "psnr_variant_db" not in task:
+                return "--max-psnr-drop: this model has no PSNR (not a single-channel image-to-image model)"
+            drop = task["psnr_fp32_torch_db"] - task["psnr_variant_db"]
+            if not drop <= self.max_psnr_drop:
+                return f"PSNR drops {drop:.3f} dB, more than the {self.max_psnr_drop:g} dB allowed"
+        if self.min_top1_agreement is not None:
+            if "top1_agreement" not in task:
+                return "--min-top1-agreement: this model has no top-1 (not a classifier)"
+            if not task["top1_agreement"] >= self.min_top1_agreement:
+                return f"top-1 agreement {task['top1_agreement']:.3f} is below the {self.min_top1_agreement:g} required"
+        return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,20 +21,34 @@ from typing import Any
 import numpy as np
 import onnx
 
-from wconv_deploy._optional import require
+from wconv_deploy._optional import missing, require
 from wconv_deploy.artifacts import (
+    KEY_CONV_LAYERS,
     KEY_KEEP_FP32,
     KEY_PRECISION,
+    KEY_PREPROCESS,
     KEY_SOURCE,
     KEY_SOURCE_SHA256,
     OnnxInfo,
+    json_metadata,
     read_onnx,
     set_metadata,
     write_onnx,
 )
-from wconv_deploy.errors import InputError, MismatchError
+from wconv_deploy.calibration import (
+    CalibrationCache,
+    CalibrationData,
+    CalibrationOptions,
+    CalibrationRun,
+    ProgressReader,
+    calibration_data,
+)
+from wconv_deploy.errors import InputError, MismatchError, first_line
+from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import Precision
+from wconv_deploy.preprocess import ImagePreprocess, applies_preprocess, current
 from wconv_deploy.reports import Report, dumps
+from wconv_deploy.runtimes.base import Runtime
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import ValidationReport, load_inputs, random_inputs, validate
 
@@ -57,33 +71,29 @@ class ConvertReport(Report):
     validation: ValidationReport | None = None
     task: dict[str, float] = field(default_factory=dict)
     layers: list[LayerError] = field(default_factory=list)
+    calibration_run: CalibrationRun | None = None
+    preprocess: dict[str, Any] | None = None
+    comparison_png: str | None = None  # fp32 | variant | error map on the shipped photo (image models)
 
     def render(self) -> str:
         lines = [f"{self.precision} variant: {self.output}"]
         if self.keep_fp32:
             lines.append(f"kept in fp32: {', '.join(self.keep_fp32)}")
-        if self.calibration:
+        if self.calibration_run is not None:
+            lines.append(self.calibration_run.render())
+        elif self.calibration:
             lines.append(f"calibrated on: {self.calibration}")
+        if self.preprocess:
+            lines.append(f"image preprocessing (in the metadata): {json.dumps(self.preprocess)}")
         if self.validation is not None:
             lines += ["", self.validation.render()]
         for name, value in self.task.items():
             lines.append(f"{name}: {value:.4g}")
+        if self.comparison_png:
+            lines.append(f"side by side with fp32 PyTorch: {self.comparison_png}")
         if self.layers:
             lines += ["", render_layers(self.layers)]
         return "\n".join(lines)
-
-
-def _calibration_reader(cases: list[tuple[str, dict[str, np.ndarray]]]) -> Any:
-    quantization = require("onnxruntime.quantization", "cpu")
-
-    class Reader(quantization.CalibrationDataReader):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            self._it: Iterator[dict[str, np.ndarray]] = iter([feeds for _, feeds in cases])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    return Reader()
 
 
 def _node_names(model: onnx.ModelProto, wanted: Sequence[str], reference: Any) -> list[str]:
@@ -91,11 +101,8 @@ def _node_names(model: onnx.ModelProto, wanted: Sequence[str], reference: Any) -
     per-layer report shows them) through the Conv that carries that layer's weights."""
     names = {n.name for n in model.graph.node}
     layer_to_node: dict[str, str] = {}
-    if reference is not None and any(w not in names for w in wanted):
-        from wconv_deploy.fold import fold
-
-        folded = fold(getattr(reference, "model", reference), fold_bn=True).model
-        layer_to_node = {layer: node.name for node, layer, _ in _match_convs(model, folded) if layer}
+    if any(w not in names for w in wanted):
+        layer_to_node = {layer: node for node, layer in conv_layer_names(model, reference).items() if layer}
     missing = [w for w in wanted if w not in names and w not in layer_to_node]
     if missing:
         convs = [n.name for n in model.graph.node if n.op_type == "Conv"][:8]
@@ -103,6 +110,7 @@ def _node_names(model: onnx.ModelProto, wanted: Sequence[str], reference: Any) -
     return [w if w in names else layer_to_node[w] for w in wanted]
 
 
+@applies_preprocess
 def convert_onnx(
     onnx_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -117,12 +125,19 @@ def convert_onnx(
     rtol: float | None = None,
     seed: int = 0,
     per_layer: bool = False,
+    budget: TaskBudget | None = None,
+    calibration_options: CalibrationOptions | None = None,
+    preprocess: ImagePreprocess | None = None,
     progress: Progress | None = None,
 ) -> ConvertReport:
     """Write the ``precision`` variant of ``onnx_path`` to ``output`` and validate it against
     ``reference`` (a PyTorch model or LoadedModel; for a zoo export it defaults to the zoo model).
     ``inputs`` (.npz or image folder) are validated on beside the seeded random ones.
-    ``per_layer`` adds every Conv output's error (:func:`layer_errors`) to the report.
+    ``per_layer`` adds every Conv output's error (:func:`layer_errors`) to the report; a
+    ``budget`` fails the variant whose task metric (:func:`task_metrics`) loses more than it allows.
+    ``calibration_options``: a subset of the calibration inputs and a calibration cache;
+    ``preprocess``: how image folders (``calibration``, ``inputs``) are loaded, recorded in the
+    variant's metadata.
 
     Raises InputError for bad input and MismatchError when validation fails (nothing written).
     """
@@ -144,24 +159,24 @@ def convert_onnx(
     a, r = precision.tolerance
     atol, rtol = (a if atol is None else atol), (r if rtol is None else rtol)
     report = ConvertReport(os.fspath(out), precision, keep, None)
+    if any(p is not None and Path(p).is_dir() for p in (calibration, inputs)) or not current().is_default:
+        report.preprocess = current().record(spec)
     with tempfile.TemporaryDirectory(prefix=".wconv-convert-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         if precision == Precision.FP16:
             say("converting to fp16 (inputs and outputs stay fp32)")
-            float16 = require("onnxruntime.transformers.float16", "cpu")
-            variant = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=keep or None)
-            _toposort(variant.graph)
-            _stamp(variant, precision, keep)
+            variant = to_float16(model, keep)
+            _stamp(variant, precision, keep, report.preprocess)
             write_onnx(variant, staged)
         else:
-            cases = load_inputs(calibration, spec) if calibration is not None else random_inputs(spec, seed)
-            report.calibration = (
-                os.fspath(calibration) if calibration else "seeded random inputs (pass --calibration for real data)"
-            )
-            say(f"quantising to int8 (QDQ, per-channel weights), calibrating on {len(cases)} input set(s)")
-            _quantize(src, staged, cases, keep, calibration_method)
+            options = calibration_options or CalibrationOptions()
+            data = calibration_data(calibration, spec, options, seed)
+            cache = CalibrationCache.for_run(options.cache, src, data, calibration_method) if options.cache else None
+            report.calibration = data.describe
+            say(f"quantising to int8 (QDQ, per-channel weights), calibrating on {data.describe}")
+            report.calibration_run = quantize_int8(src, staged, data, keep, calibration_method, cache, say)
             variant = read_onnx(staged)
-            _stamp(variant, precision, keep)
+            _stamp(variant, precision, keep, report.preprocess)
             write_onnx(variant, staged)
         onnx.checker.check_model(os.fspath(staged), full_check=True)
         if reference is None:
@@ -174,9 +189,9 @@ def convert_onnx(
             staged, reference, spec, inputs=check_on, random=not real_only, atol=atol, rtol=rtol, seed=seed
         )
         report.validation.artifact = out.name
-        report.task = _task_metrics(staged, reference, spec, seed, inputs)
+        report.task = task_metrics(staged, reference, spec, seed, inputs)
         if per_layer:
-            say("comparing every Conv output with fp32 PyTorch")
+            say("comparing every Conv output with the fp32 graph")
             feeds = _photo_feeds(spec) or random_inputs(spec, seed)[0][1]
             report.layers = layer_errors(src, staged, reference, feeds)
         if not report.validation.passed:
@@ -186,31 +201,89 @@ def convert_onnx(
                 f"{out} not written, try --per-layer and --keep-fp32",
                 report,
             )
+        miss = budget.miss(report.task) if budget is not None else None
+        if miss is not None:
+            write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
+            raise MismatchError(f"the {precision} variant misses the task budget: {miss}; {out} not written", report)
         with atomic_output(out) as final:
             os.replace(staged, final)
+    picture = photo_comparison([(precision.value, out)], reference, spec, out.with_name(f"{out.stem}.compare.png"))
+    report.comparison_png = os.fspath(picture) if picture else None
+    from wconv_deploy.golden import write_golden  # the evidence verify re-checks, on the inputs validated here
+
+    say("writing the golden inputs and outputs")
+    names = [o.name for o in variant.graph.output]
+    write_golden(
+        out, reference, spec, precision=precision, atol=atol, rtol=rtol, seed=seed, inputs=check_on,
+        random=not real_only, output_names=names,
+    )  # fmt: skip
     write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
     return report
 
 
-def _quantize(src: Path, dst: Path, cases: list[tuple[str, dict[str, np.ndarray]]], keep: list[str], method: str) -> None:
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    data: CalibrationData,
+    keep: Sequence[str],
+    method: str = "minmax",
+    cache: CalibrationCache | None = None,
+    progress: Progress | None = None,
+) -> CalibrationRun:
+    """Write the QDQ int8 quantisation of ``src`` to ``dst`` (``keep``: nodes left in fp32),
+    its activation ranges calibrated on ``data`` with ``method`` or taken from ``cache`` when
+    that holds ranges measured on the same model and data. Nothing is validated here."""
     q = require("onnxruntime.quantization", "cpu")
     shape_inference = require("onnxruntime.quantization.shape_inference", "cpu")
 
+    reader = ProgressReader(data.cases, progress)
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         shape_inference.quant_pre_process(os.fspath(src), os.fspath(pre), skip_symbolic_shape=True)
+        ranges = Path(tmp) / "ranges.json"  # ONNX Runtime's cache file: read if present, else written
+        why = cache.restore(ranges) if cache is not None else "no cache"
         q.quantize_static(
             os.fspath(pre),
             os.fspath(dst),
-            _calibration_reader(cases),
+            reader if why is not None else None,
             quant_format=q.QuantFormat.QDQ,
             per_channel=True,
             weight_type=q.QuantType.QInt8,
             activation_type=q.QuantType.QInt8,
-            nodes_to_exclude=keep,
+            nodes_to_exclude=list(keep),
             calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[method]),
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            **({"calibration_cache_path": os.fspath(ranges)} if cache is not None else {}),
         )
+        if cache is not None and why is not None:
+            cache.store(ranges)
+    status = None if cache is None else ("reused" if why is None else f"rebuilt ({why})")
+    return CalibrationRun(data.describe, reader.batches, status, os.fspath(cache.path) if cache else None)
+
+
+def to_float16(model: onnx.ModelProto, keep: Sequence[str]) -> onnx.ModelProto:
+    """``model`` in float16 (inputs and outputs float32, ``keep`` nodes in float32) by ONNX
+    Runtime's converter, repaired so that the ONNX checker passes.
+
+    The converter leaves some initializers float32 (its ``ALWAYS_FLOAT_INPUTS``, such as the
+    scales of the Resize that ``nn.Upsample(scale_factor=...)`` exports to) but retypes their
+    ``value_info`` entries float16, which fails type inference; those entries take their
+    initializer's type here. Whatever still fails is one InputError, never a traceback."""
+    float16 = require("onnxruntime.transformers.float16", "cpu")
+    try:
+        variant = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep) or None)
+    except Exception as e:  # the converter's own shape inference or graph walk failed
+        raise InputError(f"the float16 converter cannot convert this graph: {type(e).__name__}: {first_line(e)}") from None
+    types = {t.name: t.data_type for t in variant.graph.initializer}
+    for vi in variant.graph.value_info:
+        if vi.name in types:
+            vi.type.tensor_type.elem_type = types[vi.name]
+    _toposort(variant.graph)
+    try:
+        onnx.checker.check_model(variant, full_check=True)
+    except Exception as e:  # ValidationError or InferenceError
+        raise InputError(f"the float16 graph fails the ONNX checker: {first_line(e)}; try --keep-fp32 NODE") from None
+    return variant
 
 
 def _toposort(graph: onnx.GraphProto) -> None:
@@ -230,8 +303,11 @@ def _toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def _stamp(model: onnx.ModelProto, precision: Precision, keep: list[str]) -> None:
-    set_metadata(model, {KEY_PRECISION: precision.value, KEY_KEEP_FP32: json.dumps(keep)})
+def _stamp(model: onnx.ModelProto, precision: Precision, keep: list[str], preprocess: dict[str, Any] | None = None) -> None:
+    props = {KEY_PRECISION: precision.value, KEY_KEEP_FP32: json.dumps(keep)}
+    if preprocess is not None:
+        props[KEY_PREPROCESS] = json.dumps(preprocess)
+    set_metadata(model, props)
 
 
 def _reference_from_metadata(model: onnx.ModelProto) -> Any:
@@ -264,18 +340,19 @@ def _photo_feeds(spec: InputSpec) -> dict[str, np.ndarray] | None:
     return {t.name: add_gaussian_noise(clean, DENOISER_SIGMA, NOISE_SEED)[None, None].numpy()}
 
 
-def _task_metrics(
-    path: Path, reference: Any, spec: InputSpec, seed: int, inputs: str | os.PathLike[str] | None = None
+def task_metrics(
+    artifact: Path | Runtime, reference: Any, spec: InputSpec, seed: int, inputs: str | os.PathLike[str] | None = None
 ) -> dict[str, float]:
     """PSNR on the shipped photo for single-channel image-to-image models (the zoo denoisers),
-    top-1 agreement on the validation inputs (random and ``inputs``) for classifiers (2-D outputs)."""
+    top-1 agreement on the validation inputs (random and ``inputs``) for classifiers (2-D outputs).
+    ``artifact``: an ONNX file (run in ONNX Runtime on the CPU) or the runtime that will run it."""
     import torch
 
     from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
     from wconv_deploy.zoo.denoisers import demo_image, psnr
 
     module = getattr(reference, "model", reference)
-    rt = OnnxRuntime(path)
+    rt = artifact if isinstance(artifact, Runtime) else OnnxRuntime(artifact)
     photo = _photo_feeds(spec)
     if photo is not None:
         clean = demo_image()
@@ -296,6 +373,31 @@ def _task_metrics(
     return {"top1_agreement": agree / total} if total else {}
 
 
+def photo_comparison(variants: Sequence[tuple[str, Path | Runtime]], reference: Any, spec: InputSpec, path: Path) -> Path | None:
+    """For image-to-image models that take the shipped photo (the zoo denoisers): write a PNG of
+    fp32 PyTorch's output beside each variant's and its amplified error map, titled with their
+    PSNR. Returns ``path``, or None (nothing written) for other models or without matplotlib."""
+    photo = _photo_feeds(spec)
+    if photo is None or missing("matplotlib", "plot") is not None:
+        return None
+    import torch
+
+    from wconv_deploy.plots import side_by_side
+    from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
+    from wconv_deploy.zoo.denoisers import demo_image, psnr
+
+    clean = demo_image()
+    with torch.no_grad():
+        fp32 = getattr(reference, "model", reference)(*[torch.from_numpy(v) for v in photo.values()])[0, 0]
+    panels = []
+    for name, artifact in variants:
+        rt = artifact if isinstance(artifact, Runtime) else OnnxRuntime(artifact)
+        image = torch.from_numpy(rt.run(photo)[0][0, 0])
+        panels.append((f"{name}: PSNR {psnr(image, clean):.2f} dB", image.numpy()))
+    side_by_side((f"fp32 PyTorch: PSNR {psnr(fp32, clean):.2f} dB", fp32.numpy()), panels, path)
+    return path
+
+
 # --------------------------------------------------------------------------- per-layer errors
 
 #: A layer's error "jumps" when it is at least JUMP times the largest error before it and above
@@ -305,7 +407,7 @@ JUMP, JUMP_FLOOR = 2.0, 1e-3
 
 @dataclass
 class LayerError:
-    """One Conv node of the variant against the same layer of the fp32 PyTorch model."""
+    """One Conv node of the variant against the same Conv of the fp32 graph, and its PyTorch layer."""
 
     node: str
     module: str
@@ -333,7 +435,22 @@ def _int8_weight_error(w: np.ndarray) -> tuple[float, float | None]:
     return rel(np.ones(w.shape, dtype=bool)), (rel(border) if inner.any() else None)
 
 
-def _match_convs(model: onnx.ModelProto, folded: Any) -> list[tuple[onnx.NodeProto, str, np.ndarray]]:
+def conv_layer_names(model: onnx.ModelProto, reference: Any) -> dict[str, str]:
+    """``{Conv node name: PyTorch layer name}`` of an fp32 graph: what export recorded
+    (:data:`~wconv_deploy.artifacts.KEY_CONV_LAYERS`), else, for files exported before it did,
+    the conv of the folded, BatchNorm-fused ``reference`` holding the same weights ("" for none)."""
+    recorded = json_metadata(model, KEY_CONV_LAYERS, "the fp32 model")
+    if isinstance(recorded, dict):
+        return {str(k): str(v) for k, v in recorded.items()}
+    if reference is None:
+        return {}
+    from wconv_deploy.fold import fold
+
+    folded = fold(getattr(reference, "model", reference), fold_bn=True).model
+    return {node.name: layer for node, layer in _match_convs(model, folded)}
+
+
+def _match_convs(model: onnx.ModelProto, folded: Any) -> list[tuple[onnx.NodeProto, str]]:
     """Pair each Conv node of the fp32 ONNX graph with the PyTorch conv holding the same weights."""
     import torch
 
@@ -350,76 +467,52 @@ def _match_convs(model: onnx.ModelProto, folded: Any) -> list[tuple[onnx.NodePro
         w = onnx.numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
         for i, (name, tw) in enumerate(candidates):
             if tw.shape == w.shape and np.allclose(tw, w, rtol=1e-4, atol=1e-6):
-                pairs.append((node, name, w))
+                pairs.append((node, name))
                 del candidates[i]
                 break
         else:
-            pairs.append((node, "", w))
+            pairs.append((node, ""))
     return pairs
 
 
 def layer_errors(
     fp32_onnx: str | os.PathLike[str], variant_onnx: str | os.PathLike[str], reference: Any, feeds: dict[str, np.ndarray]
 ) -> list[LayerError]:
-    """Every Conv output of ``variant_onnx`` (exposed as an extra graph output and run in ONNX
-    Runtime) against the matching conv of the fp32 PyTorch model (forward hooks), on ``feeds``.
+    """Every Conv output of ``variant_onnx`` against the same Conv of the fp32 graph it was made
+    from (export validated that graph against PyTorch), both exposed as extra graph outputs and
+    run in ONNX Runtime on ``feeds``; each named by its PyTorch layer (:func:`conv_layer_names`).
 
-    The PyTorch side is the reference folded and BatchNorm-fused as the export did it (``fold`` proves
-    the folded model equals the trained one), so each ONNX Conv has one PyTorch conv to match.
-    """
-    import torch
-
-    from wconv_deploy.fold import fold
-
-    ort = require("onnxruntime", "cpu")
-
+    The fp32 graph, not PyTorch, is the per-layer reference because the exporter may have fused a
+    BatchNorm into a Conv that PyTorch keeps apart (a model torch.fx cannot trace)."""
     base = read_onnx(fp32_onnx, load_external_data=True)
-    module = getattr(reference, "model", reference)
-    folded = fold(module, fold_bn=True).model.eval()  # the exporters fuse eval BatchNorms too
-    pairs = _match_convs(base, folded)
-
-    captured: dict[str, np.ndarray] = {}
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> None:
-            captured.setdefault(name, out.detach().clone().numpy())  # clone: an in-place ReLU follows
-
-        return hook
-
-    modules = dict(folded.named_modules())
-    hooks = [modules[name].register_forward_hook(keep(name)) for _, name, _ in pairs if name]
-    try:
-        with torch.no_grad():
-            folded(*[torch.from_numpy(v) for v in feeds.values()])
-    finally:
-        for h in hooks:
-            h.remove()
-
+    layers = conv_layer_names(base, reference)
+    inits = {t.name: t for t in base.graph.initializer}
+    convs = [n for n in base.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
+    expected = _node_outputs(base, [n.output[0] for n in convs], feeds)
     variant = read_onnx(variant_onnx)
-    typed = onnx.shape_inference.infer_shapes(variant)
-    elem = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.output]}
     by_name = {n.name: n for n in variant.graph.node}
-    outputs = [by_name[node.name].output[0] if node.name in by_name else node.output[0] for node, _, _ in pairs]
-    known = {o.name for o in variant.graph.output}
-    for name in outputs:
-        if name not in known:
-            variant.graph.output.append(onnx.helper.make_tensor_value_info(name, elem.get(name, onnx.TensorProto.FLOAT), None))
-    session = ort.InferenceSession(variant.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = session.run(outputs, feeds)
-
+    actual = _node_outputs(variant, [by_name[n.name].output[0] if n.name in by_name else n.output[0] for n in convs], feeds)
     result = []
-    for (node, name, w), actual in zip(pairs, values):
-        qerr, outer = _int8_weight_error(w)
-        expected = captured.get(name)
-        if expected is None:
-            rel, max_abs = float("nan"), float("nan")
-        else:
-            diff = actual.astype(np.float64) - expected
-            norm = float(np.linalg.norm(expected))
-            rel = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
-            max_abs = float(np.abs(diff).max())
-        result.append(LayerError(node.name, name, rel, max_abs, qerr, outer))
+    for node, want, got in zip(convs, expected, actual):
+        qerr, outer = _int8_weight_error(onnx.numpy_helper.to_array(inits[node.input[1]]).astype(np.float32))
+        diff = got.astype(np.float64) - want.astype(np.float64)
+        norm = float(np.linalg.norm(want))
+        rel = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
+        result.append(LayerError(node.name, layers.get(node.name, ""), rel, float(np.abs(diff).max()), qerr, outer))
     return result
+
+
+def _node_outputs(model: onnx.ModelProto, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The values of the tensors ``names`` of ``model`` on ``feeds`` (made graph outputs; ONNX Runtime, CPU)."""
+    ort = require("onnxruntime", "cpu")
+    typed = onnx.shape_inference.infer_shapes(model)
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*typed.graph.value_info, *typed.graph.output]}
+    known = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(names):
+        if name not in known:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(name, elem.get(name, onnx.TensorProto.FLOAT), None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [np.asarray(v, dtype=np.float32) for v in session.run(list(names), feeds)]
 
 
 def first_jump(layers: Sequence[LayerError]) -> LayerError | None:
@@ -444,7 +537,8 @@ def render_layers(layers: Sequence[LayerError]) -> str:
         for ly in layers
     ]
     head = ["ONNX node", "PyTorch layer", "rel err", "max abs", "int8 w err", "border w err"]
-    lines = ["per-layer error vs fp32 PyTorch (rel err: relative L2 error of the Conv output)", format_table(head, rows)]
+    title = "per-layer error vs the fp32 graph, validated against PyTorch at export (rel err: relative L2 error of Conv outputs)"
+    lines = [title, format_table(head, rows)]
     jump = first_jump(layers)
     if jump is None:
         lines.append("no layer's error jumps: the error grows gradually through the network")

@@ -14,6 +14,7 @@ numbers: with many workers on few cores, Python threads compete with the server 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +75,21 @@ class LoadtestReport(Report):
         headers = ["concurrency", "requests", "errors", "infer/s", "samples/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms"]
         errors = [f"concurrency {r.concurrency}: {r.errors} errors, first: {r.first_error}" for r in self.levels if r.errors]
         return "\n".join([head, "", format_table(headers, rows), *errors])
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """A PNG: p50/p99 latency and throughput (samples/s) against the number of clients."""
+        from wconv_deploy.plots import Curve, latency_plot
+
+        levels = self.levels
+        curve = Curve(
+            self.model,
+            [r.concurrency for r in levels],
+            [r.p50_ms for r in levels],
+            [r.p99_ms for r in levels],
+            [r.samples_per_s for r in levels],
+        )
+        title = f"{self.model} at {self.url} ({self.protocol}, batch {self.batch})"
+        latency_plot({title: [curve]}, "concurrent clients", path)
 
 
 def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
