@@ -135,3 +135,20 @@ def test_bad_preprocessing_is_one_line_and_exit_2(dncnn_onnx: Path, tmp_path: Pa
     folder = _save(tmp_path / "imgs", np.zeros((32, 32), np.uint8))
     result = invoke("validate", dncnn_onnx, "--reference", DNCNN, "--inputs", folder, *args)
     assert_one_line_error(result, 2, needle)
+
+
+def test_export_records_how_images_become_inputs(tmp_path: Path) -> None:
+    """What --mean/--std said reaches the fp32 export's metadata, so verify/serve users (and
+    inspect) see what the model expects; a plain export records nothing."""
+    import json
+
+    from wconv_deploy.artifacts import KEY_PREPROCESS, OnnxInfo
+
+    out = tmp_path / "m.onnx"
+    assert_ok(invoke("export", DNCNN, "--input-shape", "1x1x32x32", "-o", out, "--no-validate", "--exporter", "torchscript"))
+    assert KEY_PREPROCESS not in OnnxInfo.read(out).metadata
+    args = ("--input-shape", "1x1x32x32", "-o", out, "--mean", "0.5", "--std", "0.25", "--exporter", "torchscript")
+    assert_ok(invoke("export", DNCNN, *args))
+    recorded = json.loads(OnnxInfo.read(out).metadata[KEY_PREPROCESS])
+    assert (recorded["mean"], recorded["std"], recorded["channels"]) == ([0.5], [0.25], "gray")
+    assert "preprocess" in assert_ok(invoke("inspect", out)).stdout

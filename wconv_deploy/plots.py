@@ -84,7 +84,7 @@ def side_by_side(
     axes[0][0].imshow(np.clip(ref, 0, 1), cmap="gray", vmin=0, vmax=1)
     axes[0][0].set_title(title, fontsize=9)
     axes[1][0].axis("off")
-    axes[1][0].text(0.5, 0.5, f"error maps:\n|variant - {title}| x {gain:g}", ha="center", va="center", fontsize=9)
+    axes[1][0].text(0.5, 0.5, f"below: error maps\n|variant - left image| x {gain:g}", ha="center", va="center", fontsize=9)
     for col, (name, image) in enumerate(variants, start=1):
         error = np.abs(image.astype(np.float64) - ref) * gain
         axes[0][col].imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1)

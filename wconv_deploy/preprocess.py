@@ -131,6 +131,15 @@ def using(preprocess: ImagePreprocess) -> Iterator[None]:
         _current.reset(token)
 
 
+def expected_by(spec: InputSpec, *sources: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """What an artifact should record about its inputs: the current preprocessing when images
+    were read (a folder among ``sources``) or options were given; None otherwise."""
+    pp = current()
+    if any(s is not None and Path(s).is_dir() for s in sources) or not pp.is_default:
+        return pp.record(spec)
+    return None
+
+
 def image_files(folder: str | os.PathLike[str], what: str = "--inputs") -> list[Path]:
     """The image files of ``folder``, sorted by name (InputError if it holds none)."""
     root = Path(folder)

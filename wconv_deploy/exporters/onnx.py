@@ -30,13 +30,25 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from wconv_deploy.artifacts import KEY_CONV_LAYERS
+from wconv_deploy.artifacts import (
+    KEY_CONV_LAYERS,
+    KEY_EXPORTER,
+    KEY_FOLD,
+    KEY_INPUT_SPEC,
+    KEY_PREPROCESS,
+    KEY_SOURCE,
+    KEY_SOURCE_SHA256,
+    KEY_TORCH_VERSION,
+    KEY_VERSION,
+    set_metadata,
+)
 from wconv_deploy.errors import DISK_FULL, InputError, MismatchError, WconvError, first_line
 from wconv_deploy.fileio import atomic_output, write_text_atomic
 from wconv_deploy.fold import FoldReport, fold
 from wconv_deploy.interrupts import raise_if_interrupted
 from wconv_deploy.loading import LoadedModel
 from wconv_deploy.options import CheckOptions
+from wconv_deploy.preprocess import expected_by
 from wconv_deploy.reports import Report, dumps
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import ValidationReport, validate
@@ -368,6 +380,7 @@ def _stamp(
     fold_report: FoldReport,
     exporter: str,
     layers: dict[str, str],
+    preprocess: dict[str, Any] | None,
 ) -> None:
     from wconv_deploy._version import __version__
 
@@ -377,22 +390,19 @@ def _stamp(
         "on_graph": bool(fold_report.deferred),
     }
     props = {
-        "wconv_deploy.version": __version__,
-        "wconv_deploy.source": loaded.path.name if loaded else "(in-memory module)",
-        "wconv_deploy.source_sha256": loaded.sha256 if loaded else "",
-        "wconv_deploy.input_spec": spec.to_json(),
-        "wconv_deploy.fold": json.dumps(fold_summary, separators=(",", ":")),
-        "wconv_deploy.exporter": exporter,
-        "wconv_deploy.torch_version": torch.__version__,
+        KEY_VERSION: __version__,
+        KEY_SOURCE: loaded.path.name if loaded else "(in-memory module)",
+        KEY_SOURCE_SHA256: loaded.sha256 if loaded else "",
+        KEY_INPUT_SPEC: spec.to_json(),
+        KEY_FOLD: json.dumps(fold_summary, separators=(",", ":")),
+        KEY_EXPORTER: exporter,
+        KEY_TORCH_VERSION: torch.__version__,
         KEY_CONV_LAYERS: json.dumps(layers, separators=(",", ":")),
     }
-    update_metadata(model, props)
+    if preprocess is not None:
+        props[KEY_PREPROCESS] = json.dumps(preprocess)
+    set_metadata(model, props)
     model.producer_name, model.producer_version = "wconv-deploy", __version__
-
-
-def update_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
-    """Set ``props`` in the model's metadata, keeping the other entries it already has."""
-    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
 
 
 def default_output(model: str | os.PathLike[str]) -> Path:
@@ -456,7 +466,8 @@ def export_onnx(
         say("checking the graph (constant folding, onnx checker, shape inference, conv weights)")
         graph_folded = fold_constants(onnx_model)
         _name_outputs(onnx_model)
-        _stamp(onnx_model, loaded, spec, fold_report, exporter_used, conv_layers(onnx_model, folded))
+        layers = conv_layers(onnx_model, folded)
+        _stamp(onnx_model, loaded, spec, fold_report, exporter_used, layers, expected_by(spec, checks.inputs))
         data = onnx_model.SerializeToString()  # once: the checks read these bytes, the file holds them
         graph = check_graph(onnx_model, expected, data)
         report = ExportReport(

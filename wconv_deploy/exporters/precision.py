@@ -46,7 +46,7 @@ from wconv_deploy.calibration import (
 from wconv_deploy.errors import InputError, MismatchError, first_line
 from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import Precision
-from wconv_deploy.preprocess import ImagePreprocess, applies_preprocess, current
+from wconv_deploy.preprocess import ImagePreprocess, applies_preprocess, expected_by
 from wconv_deploy.reports import Report, dumps
 from wconv_deploy.runtimes.base import Runtime
 from wconv_deploy.spec import InputSpec
@@ -159,8 +159,7 @@ def convert_onnx(
     a, r = precision.tolerance
     atol, rtol = (a if atol is None else atol), (r if rtol is None else rtol)
     report = ConvertReport(os.fspath(out), precision, keep, None)
-    if any(p is not None and Path(p).is_dir() for p in (calibration, inputs)) or not current().is_default:
-        report.preprocess = current().record(spec)
+    report.preprocess = expected_by(spec, calibration, inputs)
     with tempfile.TemporaryDirectory(prefix=".wconv-convert-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         if precision == Precision.FP16:
