@@ -258,7 +258,10 @@ def _budget_options(f: Any) -> Any:
         "--max-psnr-drop",
         type=float,
         metavar="DB",
-        help="Fail an image-to-image variant whose PSNR on the validation image drops more than DB below fp32 PyTorch.",
+        help=(
+            "Fail an image-to-image variant whose PSNR on the validation image drops more than DB below fp32 PyTorch "
+            "(convert --precision int8 without --keep-fp32: search for the fewest layers to keep in fp32 that meet it)."
+        ),
     )(g)
 
 

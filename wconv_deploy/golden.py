@@ -168,7 +168,7 @@ def task_value(golden: Golden, outputs: Sequence[Sequence[np.ndarray]]) -> float
 # --------------------------------------------------------------------------- writing
 
 
-def make_golden(
+def write_golden(
     artifact: str | os.PathLike[str],
     reference: Any,
     spec: InputSpec,
@@ -180,9 +180,10 @@ def make_golden(
     inputs: str | os.PathLike[str] | None = None,
     random: bool = True,
     output_names: Sequence[str] | None = None,
-) -> Golden:
-    """The golden evidence of ``artifact``: ``reference`` (an ``nn.Module`` or LoadedModel, run in
-    fp32 PyTorch) on the validation inputs, the photograph for single-channel image models."""
+) -> Path:
+    """Write the golden evidence of ``artifact`` beside it and return its path: ``reference``
+    (an ``nn.Module`` or LoadedModel, run in fp32 PyTorch) on the validation inputs, and the
+    photograph for single-channel image models."""
     from wconv_deploy._version import __version__
     from wconv_deploy.exporters.precision import _photo_feeds
     from wconv_deploy.runtimes.torch import TorchRuntime
@@ -211,7 +212,7 @@ def make_golden(
     elif golden_cases and all(c.outputs and c.outputs[0].ndim == 2 for c in golden_cases):
         task = TaskMetric("top1_agreement", 1.0)
     p = Path(artifact)
-    return Golden(
+    golden = Golden(
         path=os.fspath(golden_path(p)),
         artifact=p.name,
         artifact_sha256=file_sha256(p),
@@ -227,6 +228,8 @@ def make_golden(
         cases=golden_cases,
         clean=clean,
     )
+    save_golden(golden, golden.path)
+    return Path(golden.path)
 
 
 def save_golden(golden: Golden, path: str | os.PathLike[str]) -> None:
@@ -246,28 +249,6 @@ def save_golden(golden: Golden, path: str | os.PathLike[str]) -> None:
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-
-
-def write_golden(
-    artifact: str | os.PathLike[str],
-    reference: Any,
-    spec: InputSpec,
-    *,
-    precision: Precision,
-    atol: float,
-    rtol: float,
-    seed: int = 0,
-    inputs: str | os.PathLike[str] | None = None,
-    random: bool = True,
-    output_names: Sequence[str] | None = None,
-) -> Path:
-    """Make and write the golden file of ``artifact`` beside it (see :func:`make_golden`)."""
-    golden = make_golden(
-        artifact, reference, spec, precision=precision, atol=atol, rtol=rtol, seed=seed,
-        inputs=inputs, random=random, output_names=output_names,
-    )  # fmt: skip
-    save_golden(golden, golden.path)
-    return Path(golden.path)
 
 
 # --------------------------------------------------------------------------- reading
