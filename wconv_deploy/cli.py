@@ -637,9 +637,9 @@ def _validation_reference(
         return read_golden(golden_path(artifact), within=artifact.parent)
     if artifact_kind(artifact) == "onnx":
         from wconv_deploy.artifacts import OnnxInfo
-        from wconv_deploy.exporters.precision import _reference_from_metadata
+        from wconv_deploy.exporters.precision import reference_from_metadata
 
-        loaded = _reference_from_metadata(OnnxInfo.read(artifact).model)
+        loaded = reference_from_metadata(OnnxInfo.read(artifact).model)
         if loaded is not None:
             return loaded
     raise InputError(f"{artifact}: nothing to compare with: give --reference MODEL, --golden FILE, OTHER or two --runtime names")

@@ -27,7 +27,9 @@ from wconv_deploy.spec import InputSpec
 
 if TYPE_CHECKING:
     from wconv_deploy.calibration import CalibrationOptions
+    from wconv_deploy.exporters.precision import TaskReference
     from wconv_deploy.loading import LoadedModel
+    from wconv_deploy.runtimes.base import Runtime
 
 Progress = Callable[[str], None]
 #: What deploy makes (fp32 is always exported).
@@ -147,7 +149,7 @@ def deploy(
     is reported in its row and not packaged.
     """
     from wconv_deploy.exporters.onnx import export_onnx
-    from wconv_deploy.exporters.precision import photo_comparison, task_metrics
+    from wconv_deploy.exporters.precision import TaskReference, photo_comparison
     from wconv_deploy.fileio import write_text_atomic
 
     say = progress or (lambda _msg: None)
@@ -166,8 +168,10 @@ def deploy(
         say("step 1: export to ONNX and validate against PyTorch")
         fp32 = folder / f"{stem}.onnx"
         exported = export_onnx(loaded, fp32, spec, progress=say)
-        fp32_task = task_metrics(fp32, loaded, spec, seed=0)
-        onnx_files: dict[Precision, tuple[Path, Verdict]] = {Precision.FP32: (fp32, _verdict(exported.validation, fp32_task))}
+        task = TaskReference.of(loaded, spec)  # fp32 PyTorch on the task's inputs, once for every row
+        onnx_files: dict[Precision, tuple[Path, Verdict]] = {
+            Precision.FP32: (fp32, _verdict(exported.validation, task.measure(fp32)))
+        }
 
         for precision in (p for p in wanted if p != Precision.FP32):
             say(f"step 2: convert to {precision}")
@@ -175,14 +179,14 @@ def deploy(
             converted = _convert(fp32, variant, precision, loaded, calibration, calibration_options, budget, report, say)
             onnx_files.update(converted)
 
-        picture = photo_comparison([(p.value, path) for p, (path, _) in onnx_files.items()], loaded, spec, folder / "compare.png")
+        picture = photo_comparison([(p.value, path) for p, (path, _) in onnx_files.items()], task, folder / "compare.png")
         if picture is not None:
             report.notes.append(f"side by side on the shipped photo (fp32 PyTorch | each variant | error x10): {picture}")
 
         engines = _build_engines(onnx_files, folder, stem, wanted, report, say)
 
         say("step 4: validate and time every artifact on every runtime")
-        check = _RowCheck(loaded, spec, Path(calibration) if calibration is not None else None, budget)
+        check = _RowCheck(loaded, spec, Path(calibration) if calibration is not None else None, budget, task)
         report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, check, report, say)
 
         if package:
@@ -254,25 +258,17 @@ class _RowCheck:
     spec: InputSpec
     calibration: Path | None
     budget: TaskBudget | None
+    task: TaskReference | None = None  # None: measured against a fresh fp32 run
     seed: int = 0
 
-    def __call__(self, runtime: Any, precision: Precision) -> Verdict:
-        from wconv_deploy.exporters.precision import task_metrics
-        from wconv_deploy.runtimes.torch import TorchRuntime
-        from wconv_deploy.validate import compare_runtimes, load_inputs, random_inputs
+    def __call__(self, runtime: Runtime, precision: Precision) -> Verdict:
+        from wconv_deploy.exporters.precision import TaskReference, validation_inputs
+        from wconv_deploy.validate import validate_artifact
 
-        # int8 calibrated on real data clips inputs unlike it (seeded normals): check on real data
-        if precision == Precision.INT8 and self.calibration is not None:
-            cases = load_inputs(self.calibration, self.spec)
-        else:
-            cases = random_inputs(self.spec, self.seed)
-        atol, rtol = precision.tolerance
-        reference = TorchRuntime(self.loaded.model, self.spec.names)
-        result = compare_runtimes(
-            runtime, reference, cases, artifact_label=runtime.name, reference_label="PyTorch", atol=atol, rtol=rtol
-        )
-        task = task_metrics(runtime, self.loaded, self.spec, self.seed)
-        return _verdict(result, task, self.budget)
+        inputs, random = validation_inputs(precision, self.calibration, None)
+        result = validate_artifact(runtime, self.loaded, spec=self.spec, inputs=inputs, random=random, seed=self.seed)
+        task = self.task or TaskReference.of(self.loaded, self.spec, self.seed)
+        return _verdict(result, task.measure(runtime), self.budget)
 
 
 def _build_engines(

@@ -185,7 +185,7 @@ def write_golden(
     (an ``nn.Module`` or LoadedModel, run in fp32 PyTorch) on the validation inputs, and the
     photograph for single-channel image models."""
     from wconv_deploy._version import __version__
-    from wconv_deploy.exporters.precision import _photo_feeds
+    from wconv_deploy.exporters.precision import photo_feeds
     from wconv_deploy.runtimes.torch import TorchRuntime
     from wconv_deploy.validate import load_inputs, random_inputs
 
@@ -194,7 +194,7 @@ def write_golden(
     cases: Cases = random_inputs(spec, seed) if random else []
     if inputs is not None:
         cases += load_inputs(inputs, spec)
-    photo = _photo_feeds(spec)
+    photo = photo_feeds(spec)
     clean = None
     if photo is not None:
         from wconv_deploy.zoo.denoisers import DENOISER_SIGMA, demo_image

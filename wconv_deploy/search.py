@@ -4,7 +4,7 @@ keep in fp32 so that the int8 variant still meets ``--max-psnr-drop`` or ``--min
 Polygraphy's ``debug precision`` bisects over layers by raw output error; this search ranks the
 layers by how much int8 error each adds (:func:`~wconv_deploy.exporters.precision.layer_errors`
 on plain int8: the growth of each layer output's relative error over the one before, the first
-jump first) and judges each try by the task metric (:func:`~wconv_deploy.exporters.precision.task_metrics`):
+jump first) and judges each try by the task metric (:class:`~wconv_deploy.exporters.precision.TaskReference`):
 
 1. plain int8 (no layer kept); if it meets the budget, that is the answer;
 2. keep the 1, 2, 4, ... best-ranked layers until a try meets the budget (all of them last);
@@ -27,21 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from wconv_deploy.calibration import CalibrationCache, CalibrationOptions, calibration_data, supports_cache
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.precision import (
     ConvertReport,
     LayerError,
-    _node_outputs,
-    _photo_feeds,
-    _reference_from_metadata,
+    TaskReference,
     convert_onnx,
     first_jump,
     layer_errors,
+    photo_feeds,
     quantize_int8,
-    task_metrics,
+    reference_from_metadata,
 )
 from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import Precision
@@ -52,9 +49,9 @@ Progress = Callable[[str], None]
 
 #: Tries before the search gives up (plain int8 and the doubling prefixes come first).
 MAX_TRIES = 24
-#: Besides Conv, the nodes with weights that int8 quantises and the search may keep in fp32
-#: (a classifier's last Linear is a Gemm: its int8 error decides the top-1 class directly).
-DENSE_OPS = ("Gemm", "MatMul")
+#: The nodes with weights that int8 quantises and the search may keep in fp32: Conv and
+#: Gemm/MatMul (a classifier's last Linear is a Gemm: its int8 error decides the top-1 class directly).
+RANKED_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass
@@ -176,7 +173,7 @@ def search_precision(
     src = regular_file(onnx_path)
     model = read_onnx(src, load_external_data=True)
     spec = OnnxInfo.of(model, src).spec
-    reference = reference if reference is not None else _reference_from_metadata(model)
+    reference = reference if reference is not None else reference_from_metadata(model)
     if reference is None:
         raise InputError("pass --reference MODEL: the fp32 PyTorch model the variant must match")
     names = conv_layer_names(model, reference)
@@ -186,9 +183,11 @@ def search_precision(
     options = calibration_options or CalibrationOptions()
     feeds = random_inputs(spec, seed)[0][1]  # the optimum shape: what latency is measured at
 
+    task = TaskReference.of(reference, spec, seed, inputs)  # fp32 PyTorch runs once for every try
+
     def measure(path: Path) -> tuple[dict[str, float], float]:
         rt = open_artifact(path, runtime, spec=spec)
-        return task_metrics(rt, reference, spec, seed, inputs), _median_ms(lambda: rt.run(feeds), latency_s)
+        return task.measure(rt), _median_ms(lambda: rt.run(feeds), latency_s)
 
     fp32_task, fp32_ms = measure(src)
     miss = budget.miss(fp32_task)  # a metric the model has not, or a budget fp32 itself misses
@@ -217,7 +216,7 @@ def search_precision(
         if not plain.meets and max_tries > 1:
             say("ranking the layers by the int8 error each adds")
             staged = Path(tmp) / "try0.onnx"
-            report.ranking = ranking(_node_errors(src, staged, reference, _photo_feeds(spec) or feeds))
+            report.ranking = ranking(layer_errors(src, staged, reference, photo_feeds(spec) or feeds, RANKED_OPS))
             _search(report.ranking, attempt, lambda: len(report.tries) < max_tries)
     if report.chosen is None:
         raise MismatchError(
@@ -235,26 +234,6 @@ def search_precision(
         report.convert = e.report if isinstance(e.report, ConvertReport) else None
         raise MismatchError(str(e), report) from None
     return report
-
-
-def _node_errors(src: Path, variant: Path, reference: Any, feeds: dict[str, Any]) -> list[LayerError]:
-    """Every Conv's error (:func:`layer_errors`) and every Gemm's and MatMul's with a constant
-    weight, the same way (relative L2 error of its output against the fp32 graph), in graph order."""
-    from wconv_deploy.artifacts import read_onnx
-
-    convs = {ly.node: ly for ly in layer_errors(src, variant, reference, feeds)}
-    base, quantised = read_onnx(src, load_external_data=True), read_onnx(variant)
-    inits = {t.name for t in base.graph.initializer}
-    dense = [n for n in base.graph.node if n.op_type in DENSE_OPS and len(n.input) > 1 and n.input[1] in inits]
-    if dense:
-        by_name = {n.name: n for n in quantised.graph.node}
-        want = _node_outputs(base, [n.output[0] for n in dense], feeds)
-        got = _node_outputs(quantised, [by_name[n.name].output[0] if n.name in by_name else n.output[0] for n in dense], feeds)
-        for node, w, g in zip(dense, want, got):
-            norm = float(np.linalg.norm(w))
-            diff = float(np.linalg.norm(g.astype(np.float64) - w))
-            convs[node.name] = LayerError(node.name, "", diff / norm if norm > 0 else diff, float(np.abs(g - w).max()), 0.0, None)
-    return [convs[n.name] for n in base.graph.node if n.name in convs]
 
 
 def _search(order: list[str], attempt: Callable[[Sequence[str]], SearchTry], more: Callable[[], bool]) -> None:

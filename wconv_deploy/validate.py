@@ -456,7 +456,7 @@ def runtime_precision(rt: Runtime) -> Precision:
 
 
 def validate_artifact(
-    artifact: str | os.PathLike[str],
+    artifact: str | os.PathLike[str] | Runtime,
     reference: nn.Module | Any,
     *,
     runtime: str | None = None,
@@ -472,7 +472,8 @@ def validate_artifact(
     random: bool = True,
     trust_code: bool = False,
 ) -> ValidationReport:
-    """Validate ``artifact`` on ``runtime`` against ``reference``: an ``nn.Module`` or LoadedModel
+    """Validate ``artifact`` (a file, or a runtime already open on one) on ``runtime`` against
+    ``reference``: an ``nn.Module`` or LoadedModel
     (fp32 PyTorch), a :class:`~wconv_deploy.golden.Golden` (its inputs and outputs; ``inputs`` and
     random ones are not added), or the path of another artifact (run on ``reference_runtime``,
     default by its kind). Tolerances default to the looser precision of the two runtimes.
@@ -482,9 +483,11 @@ def validate_artifact(
     """
     from wconv_deploy.golden import Golden
 
-    rt = open_artifact(artifact, runtime, spec=spec, trust_code=trust_code)
-    spec = rt.spec
-    label = Path(artifact).name
+    if isinstance(artifact, Runtime):
+        rt, label = artifact, artifact.name
+    else:
+        rt, label = open_artifact(artifact, runtime, spec=spec, trust_code=trust_code), Path(artifact).name
+    spec = spec if spec is not None else rt.spec
     if isinstance(reference, Golden):
         crit = Criterion.for_precision(runtime_precision(rt), atol, rtol, error_stat, error_quantile)
         if sorted(reference.input_names) != sorted(rt.input_names):

@@ -160,9 +160,9 @@ class ServedRuntime(Runtime):
     server does not return comes back empty, so it fails the comparison)."""
 
     def __init__(self, url: str, model: str, output_names: list[str], *, protocol: str | None = None) -> None:
-        from wconv_deploy.ship.loadtest import _split_url
+        from wconv_deploy.ship.loadtest import split_url
 
-        self.protocol, self.address = _split_url(url, protocol)
+        self.protocol, self.address = split_url(url, protocol)
         self.name = f"triton-{self.protocol}"
         self.url, self.model = url, model
         self._mod = require(f"tritonclient.{self.protocol}", "serve")
@@ -179,13 +179,10 @@ class ServedRuntime(Runtime):
         self._outputs = list(output_names)
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        requests = []
-        for name in self._inputs:
-            array = np.ascontiguousarray(feeds[name])
-            requests.append(self._mod.InferInput(name, list(array.shape), self._utils.np_to_triton_dtype(array.dtype)))
-            requests[-1].set_data_from_numpy(array)
+        from wconv_deploy.ship.loadtest import infer_inputs
+
         try:
-            result = self._client.infer(self.model, requests)
+            result = self._client.infer(self.model, infer_inputs(self._mod, {n: feeds[n] for n in self._inputs}))
         except self._utils.InferenceServerException as e:
             shapes = {k: list(v.shape) for k, v in feeds.items()}
             raise MismatchError(

@@ -110,6 +110,17 @@ def _node_names(model: onnx.ModelProto, wanted: Sequence[str], reference: Any) -
     return [w if w in names else layer_to_node[w] for w in wanted]
 
 
+def validation_inputs(
+    precision: Precision, calibration: str | os.PathLike[str] | None, inputs: str | os.PathLike[str] | None
+) -> tuple[str | os.PathLike[str] | None, bool]:
+    """What a variant is validated on, as ``(inputs, random)``: ``inputs`` beside seeded random
+    ones, except for int8 calibrated on real data, which clips inputs unlike that data (seeded
+    normals): it is validated on ``inputs``, else on the calibration data, and no random ones."""
+    if precision == Precision.INT8 and calibration is not None:
+        return (inputs if inputs is not None else calibration), False
+    return inputs, True
+
+
 @applies_preprocess
 def convert_onnx(
     onnx_path: str | os.PathLike[str],
@@ -151,7 +162,7 @@ def convert_onnx(
     src = regular_file(onnx_path)
     model = read_onnx(src, load_external_data=True)
     spec = OnnxInfo.of(model, src).spec
-    reference = reference if reference is not None else _reference_from_metadata(model)
+    reference = reference if reference is not None else reference_from_metadata(model)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
@@ -181,17 +192,14 @@ def convert_onnx(
         if reference is None:
             raise InputError("pass --reference MODEL: the fp32 PyTorch model the variant must match")
         say("validating against fp32 PyTorch")
-        # int8 calibrated on real data clips inputs unlike it (seeded normals): validate on real data
-        real_only = precision == Precision.INT8 and calibration is not None
-        check_on = inputs if inputs is not None or not real_only else calibration
-        report.validation = validate(
-            staged, reference, spec, inputs=check_on, random=not real_only, atol=atol, rtol=rtol, seed=seed
-        )
+        check_on, random = validation_inputs(precision, calibration, inputs)
+        report.validation = validate(staged, reference, spec, inputs=check_on, random=random, atol=atol, rtol=rtol, seed=seed)
         report.validation.artifact = out.name
-        report.task = task_metrics(staged, reference, spec, seed, inputs)
+        task = TaskReference.of(reference, spec, seed, inputs)
+        report.task = task.measure(staged)
         if per_layer:
             say("comparing every Conv output with the fp32 graph")
-            feeds = _photo_feeds(spec) or random_inputs(spec, seed)[0][1]
+            feeds = photo_feeds(spec) or random_inputs(spec, seed)[0][1]
             report.layers = layer_errors(src, staged, reference, feeds)
         if not report.validation.passed:
             write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
@@ -206,7 +214,7 @@ def convert_onnx(
             raise MismatchError(f"the {precision} variant misses the task budget: {miss}; {out} not written", report)
         with atomic_output(out) as final:
             os.replace(staged, final)
-    picture = photo_comparison([(precision.value, out)], reference, spec, out.with_name(f"{out.stem}.compare.png"))
+    picture = photo_comparison([(precision.value, out)], task, out.with_name(f"{out.stem}.compare.png"))
     report.comparison_png = os.fspath(picture) if picture else None
     from wconv_deploy.golden import write_golden  # the evidence verify re-checks, on the inputs validated here
 
@@ -214,7 +222,7 @@ def convert_onnx(
     names = [o.name for o in variant.graph.output]
     write_golden(
         out, reference, spec, precision=precision, atol=atol, rtol=rtol, seed=seed, inputs=check_on,
-        random=not real_only, output_names=names,
+        random=random, output_names=names,
     )  # fmt: skip
     write_text_atomic(out.with_name(out.name + ".report.json"), dumps(report))
     return report
@@ -309,7 +317,7 @@ def _stamp(model: onnx.ModelProto, precision: Precision, keep: list[str], prepro
     set_metadata(model, props)
 
 
-def _reference_from_metadata(model: onnx.ModelProto) -> Any:
+def reference_from_metadata(model: onnx.ModelProto) -> Any:
     """The zoo model an export came from (its metadata names it and its sha256), else None."""
     from wconv_deploy.artifacts import wconv_metadata
 
@@ -324,7 +332,7 @@ def _reference_from_metadata(model: onnx.ModelProto) -> Any:
     return None
 
 
-def _photo_feeds(spec: InputSpec) -> dict[str, np.ndarray] | None:
+def photo_feeds(spec: InputSpec) -> dict[str, np.ndarray] | None:
     """The shipped photo with the denoiser's seeded noise, for a single-channel image model whose
     spec admits 256x256 (the zoo denoisers); None for any other model."""
     t = spec.inputs[0]
@@ -339,61 +347,93 @@ def _photo_feeds(spec: InputSpec) -> dict[str, np.ndarray] | None:
     return {t.name: add_gaussian_noise(clean, DENOISER_SIGMA, NOISE_SEED)[None, None].numpy()}
 
 
+@dataclass
+class TaskReference:
+    """fp32 PyTorch's answers on the task's inputs, computed once so that every variant and
+    runtime is measured against the same run: the shipped photo for single-channel image models
+    (the zoo denoisers: PSNR), the validation inputs for classifiers (2-D outputs: top-1
+    agreement). ``kind`` None: the model has no task metric."""
+
+    kind: str | None  # "psnr" | "top1" | None
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    expected: list[np.ndarray] = field(default_factory=list)  # fp32 PyTorch's first output per feed
+    clean: np.ndarray | None = None  # the noise-free photo (psnr)
+
+    @classmethod
+    def of(cls, reference: Any, spec: InputSpec, seed: int = 0, inputs: str | os.PathLike[str] | None = None) -> TaskReference:
+        """Run ``reference`` (an nn.Module or LoadedModel) on the task's inputs for ``spec``."""
+        import torch
+
+        module = getattr(reference, "model", reference)
+
+        def fp32(feeds: dict[str, np.ndarray]) -> Any:
+            with torch.no_grad():
+                return module(*[torch.from_numpy(feeds[n]) for n in spec.names])
+
+        photo = photo_feeds(spec)
+        if photo is not None:
+            from wconv_deploy.zoo.denoisers import demo_image
+
+            return cls("psnr", [photo], [fp32(photo).numpy()], demo_image().numpy())
+        feeds_list = [feeds for _, feeds in random_inputs(spec, seed) + (load_inputs(inputs, spec) if inputs else [])]
+        expected = []
+        for feeds in feeds_list:
+            out = fp32(feeds)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                return cls(None)
+            expected.append(out.numpy())
+        return cls("top1", feeds_list, expected) if expected else cls(None)
+
+    def psnr_db(self, image: np.ndarray) -> float:
+        """PSNR of a photo-sized output (any leading axes of size 1) against the clean photo."""
+        import torch
+
+        from wconv_deploy.zoo.denoisers import psnr
+
+        assert self.clean is not None
+        return psnr(torch.from_numpy(image.reshape(self.clean.shape)), torch.from_numpy(self.clean))
+
+    def measure(self, artifact: Path | Runtime) -> dict[str, float]:
+        """The task metrics of ``artifact`` (an ONNX file, run in ONNX Runtime on the CPU, or the
+        runtime that will run it); empty for a model without a task metric."""
+        if self.kind is None:
+            return {}
+        from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
+
+        rt = artifact if isinstance(artifact, Runtime) else OnnxRuntime(artifact)
+        actual = [rt.run(feeds)[0] for feeds in self.feeds]
+        if self.kind == "psnr":
+            return {"psnr_fp32_torch_db": self.psnr_db(self.expected[0]), "psnr_variant_db": self.psnr_db(actual[0])}
+        agree = sum(int((e.argmax(1) == a.argmax(1)).sum()) for e, a in zip(self.expected, actual))
+        return {"top1_agreement": agree / sum(e.shape[0] for e in self.expected)}
+
+
 def task_metrics(
     artifact: Path | Runtime, reference: Any, spec: InputSpec, seed: int, inputs: str | os.PathLike[str] | None = None
 ) -> dict[str, float]:
     """PSNR on the shipped photo for single-channel image-to-image models (the zoo denoisers),
     top-1 agreement on the validation inputs (random and ``inputs``) for classifiers (2-D outputs).
-    ``artifact``: an ONNX file (run in ONNX Runtime on the CPU) or the runtime that will run it."""
-    import torch
-
-    from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
-    from wconv_deploy.zoo.denoisers import demo_image, psnr
-
-    module = getattr(reference, "model", reference)
-    rt = artifact if isinstance(artifact, Runtime) else OnnxRuntime(artifact)
-    photo = _photo_feeds(spec)
-    if photo is not None:
-        clean = demo_image()
-        with torch.no_grad():
-            fp32 = module(*[torch.from_numpy(v) for v in photo.values()])
-        low = torch.from_numpy(rt.run(photo)[0])
-        return {"psnr_fp32_torch_db": psnr(fp32[0, 0], clean), "psnr_variant_db": psnr(low[0, 0], clean)}
-    feeds_list = [feeds for _, feeds in random_inputs(spec, seed) + (load_inputs(inputs, spec) if inputs else [])]
-    agree, total = 0, 0
-    for feeds in feeds_list:
-        with torch.no_grad():
-            expected = module(*[torch.from_numpy(feeds[n]) for n in spec.names])
-        actual = rt.run(feeds)[0]
-        if not isinstance(expected, torch.Tensor) or expected.dim() != 2:
-            return {}
-        agree += int((expected.argmax(1).numpy() == actual.argmax(1)).sum())
-        total += expected.shape[0]
-    return {"top1_agreement": agree / total} if total else {}
+    ``artifact``: an ONNX file (run in ONNX Runtime on the CPU) or the runtime that will run it.
+    To measure several artifacts, build one :class:`TaskReference` and ``measure`` each."""
+    return TaskReference.of(reference, spec, seed, inputs).measure(artifact)
 
 
-def photo_comparison(variants: Sequence[tuple[str, Path | Runtime]], reference: Any, spec: InputSpec, path: Path) -> Path | None:
-    """For image-to-image models that take the shipped photo (the zoo denoisers): write a PNG of
-    fp32 PyTorch's output beside each variant's and its amplified error map, titled with their
+def photo_comparison(variants: Sequence[tuple[str, Path | Runtime]], task: TaskReference, path: Path) -> Path | None:
+    """For image-to-image models that take the shipped photo (``task.kind`` psnr): write a PNG
+    of fp32 PyTorch's output beside each variant's and its amplified error map, titled with their
     PSNR. Returns ``path``, or None (nothing written) for other models or without matplotlib."""
-    photo = _photo_feeds(spec)
-    if photo is None or missing("matplotlib", "plot") is not None:
+    if task.kind != "psnr" or missing("matplotlib", "plot") is not None:
         return None
-    import torch
-
     from wconv_deploy.plots import side_by_side
     from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
-    from wconv_deploy.zoo.denoisers import demo_image, psnr
 
-    clean = demo_image()
-    with torch.no_grad():
-        fp32 = getattr(reference, "model", reference)(*[torch.from_numpy(v) for v in photo.values()])[0, 0]
     panels = []
     for name, artifact in variants:
         rt = artifact if isinstance(artifact, Runtime) else OnnxRuntime(artifact)
-        image = torch.from_numpy(rt.run(photo)[0][0, 0])
-        panels.append((f"{name}: PSNR {psnr(image, clean):.2f} dB", image.numpy()))
-    side_by_side((f"fp32 PyTorch: PSNR {psnr(fp32, clean):.2f} dB", fp32.numpy()), panels, path)
+        image = rt.run(task.feeds[0])[0][0, 0]
+        panels.append((f"{name}: PSNR {task.psnr_db(image):.2f} dB", image))
+    fp32 = task.expected[0][0, 0]
+    side_by_side((f"fp32 PyTorch: PSNR {task.psnr_db(fp32):.2f} dB", fp32), panels, path)
     return path
 
 
@@ -475,25 +515,33 @@ def _match_convs(model: onnx.ModelProto, folded: Any) -> list[tuple[onnx.NodePro
 
 
 def layer_errors(
-    fp32_onnx: str | os.PathLike[str], variant_onnx: str | os.PathLike[str], reference: Any, feeds: dict[str, np.ndarray]
+    fp32_onnx: str | os.PathLike[str],
+    variant_onnx: str | os.PathLike[str],
+    reference: Any,
+    feeds: dict[str, np.ndarray],
+    ops: Sequence[str] = ("Conv",),
 ) -> list[LayerError]:
-    """Every Conv output of ``variant_onnx`` against the same Conv of the fp32 graph it was made
-    from (export validated that graph against PyTorch), both exposed as extra graph outputs and
-    run in ONNX Runtime on ``feeds``; each named by its PyTorch layer (:func:`conv_layer_names`).
+    """Every output of an ``ops`` node with a constant weight (Conv by default; the precision
+    search adds Gemm and MatMul) of ``variant_onnx`` against the same node of the fp32 graph it
+    was made from (export validated that graph against PyTorch), both exposed as extra graph
+    outputs and run in ONNX Runtime on ``feeds``, in graph order; Convs are named by their
+    PyTorch layer (:func:`conv_layer_names`) and get their int8 weight error.
 
     The fp32 graph, not PyTorch, is the per-layer reference because the exporter may have fused a
     BatchNorm into a Conv that PyTorch keeps apart (a model torch.fx cannot trace)."""
     base = read_onnx(fp32_onnx, load_external_data=True)
     layers = conv_layer_names(base, reference)
     inits = {t.name: t for t in base.graph.initializer}
-    convs = [n for n in base.graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits]
-    expected = _node_outputs(base, [n.output[0] for n in convs], feeds)
+    nodes = [n for n in base.graph.node if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits]
+    expected = node_outputs(base, [n.output[0] for n in nodes], feeds)
     variant = read_onnx(variant_onnx)
     by_name = {n.name: n for n in variant.graph.node}
-    actual = _node_outputs(variant, [by_name[n.name].output[0] if n.name in by_name else n.output[0] for n in convs], feeds)
+    actual = node_outputs(variant, [by_name[n.name].output[0] if n.name in by_name else n.output[0] for n in nodes], feeds)
     result = []
-    for node, want, got in zip(convs, expected, actual):
-        qerr, outer = _int8_weight_error(onnx.numpy_helper.to_array(inits[node.input[1]]).astype(np.float32))
+    for node, want, got in zip(nodes, expected, actual):
+        qerr, outer = 0.0, None
+        if node.op_type == "Conv":
+            qerr, outer = _int8_weight_error(onnx.numpy_helper.to_array(inits[node.input[1]]).astype(np.float32))
         diff = got.astype(np.float64) - want.astype(np.float64)
         norm = float(np.linalg.norm(want))
         rel = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
@@ -501,7 +549,7 @@ def layer_errors(
     return result
 
 
-def _node_outputs(model: onnx.ModelProto, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def node_outputs(model: onnx.ModelProto, names: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The values of the tensors ``names`` of ``model`` on ``feeds`` (made graph outputs; ONNX Runtime, CPU)."""
     ort = require("onnxruntime", "cpu")
     typed = onnx.shape_inference.infer_shapes(model)

@@ -114,7 +114,7 @@ def loadtest(
     a scheme, ``protocol``, default http) at each concurrency for ``duration_s`` seconds.
     InputError (one line) if the server cannot be reached or the model is not ready."""
     say = progress or (lambda _msg: None)
-    protocol, address = _split_url(url, protocol)
+    protocol, address = split_url(url, protocol)
     if not concurrency or any(c < 1 for c in concurrency):
         raise InputError(f"concurrency must be positive integers, not {list(concurrency)}")
     if duration_s <= 0 or warmup_s < 0 or batch < 1:
@@ -142,7 +142,7 @@ def loadtest(
     return LoadtestReport(url, protocol, model, batch, shapes_out, duration_s, levels)
 
 
-def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
+def split_url(url: str, protocol: str | None) -> tuple[str, str]:
     """(protocol, host:port) from ``url``; the scheme wins, and must agree with ``protocol``."""
     parts = urlsplit(url if "://" in url else f"//{url}")
     scheme = parts.scheme or protocol or "http"
@@ -151,6 +151,19 @@ def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
     if not parts.hostname or not parts.port:
         raise InputError(f"{url} is not host:port (e.g. grpc://127.0.0.1:8001)")
     return scheme, f"{parts.hostname}:{parts.port}"
+
+
+def infer_inputs(client_mod: Any, arrays: Mapping[str, np.ndarray]) -> list[Any]:
+    """tritonclient ``InferInput``s of ``client_mod`` (``tritonclient.http`` or ``.grpc``) that
+    carry ``arrays``, each typed by its NumPy dtype."""
+    np_to_triton_dtype = require("tritonclient.utils", "serve").np_to_triton_dtype
+    requests = []
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        request = client_mod.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        request.set_data_from_numpy(array)
+        requests.append(request)
+    return requests
 
 
 def _model_inputs(client: Any, model: str, protocol: str) -> tuple[list[dict[str, Any]], int]:
@@ -217,10 +230,7 @@ def _run_level(
     def worker() -> None:
         try:
             client = client_mod.InferenceServerClient(address)
-            request = []
-            for name, (array, datatype) in inputs.items():
-                request.append(client_mod.InferInput(name, list(array.shape), datatype))
-                request[-1].set_data_from_numpy(array)
+            request = infer_inputs(client_mod, {name: array for name, (array, _) in inputs.items()})
         except Exception as e:
             errors.append(first_line(e))
             ready.abort()  # the main thread's wait fails instead of hanging

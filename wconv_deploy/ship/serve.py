@@ -320,16 +320,16 @@ class Server:
     def _first_answer(self) -> None:
         """One inference through Triton (HTTP, the spec's optimum shapes, the batch clipped to
         max_batch_size): the model answers before ``serve`` says it is ready."""
+        from wconv_deploy.ship.loadtest import infer_inputs
+
         http = require("tritonclient.http", "serve")
-        np_to_triton_dtype = require("tritonclient.utils", "serve").np_to_triton_dtype
         client = http.InferenceServerClient(self.http_url.removeprefix("http://"))
         try:
-            requests = []
-            for t, x in zip(self.model.spec.inputs, self.model.spec.example_inputs()):
-                array = x.numpy()[: self.model.max_batch] if self.model.max_batch else x.numpy()
-                requests.append(http.InferInput(t.name, list(array.shape), np_to_triton_dtype(array.dtype)))
-                requests[-1].set_data_from_numpy(array)
-            client.infer(self.model_name, requests, model_version=str(self.model.version))
+            arrays = {
+                t.name: x.numpy()[: self.model.max_batch] if self.model.max_batch else x.numpy()
+                for t, x in zip(self.model.spec.inputs, self.model.spec.example_inputs())
+            }
+            client.infer(self.model_name, infer_inputs(http, arrays), model_version=str(self.model.version))
         except Exception as e:  # tritonclient's and the transport's errors
             raise InputError(f"the model does not answer through Triton: {first_line(e)}") from None
         finally:
