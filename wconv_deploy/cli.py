@@ -574,7 +574,7 @@ def validate_cmd(
 
     Shapes come from the artifact (export metadata, engine manifest) unless --input-shape is given.
     """
-    from wconv_deploy.validate import validate_artifact
+    from wconv_deploy.validate import choose_reference, validate_artifact
 
     names = name_list(runtimes) if runtimes else []
     if len(names) > 2:
@@ -582,16 +582,7 @@ def validate_cmd(
     for path in (p for p in (save_inputs, save_outputs) if p is not None):
         if not (path.parent if str(path.parent) else Path(".")).is_dir():
             raise InputError(f"{path}: folder {path.parent} does not exist")
-    reference = _validation_reference(artifact, other, len(names) == 2 and other is None, source, golden)
-    extra = []
-    if load_inputs is not None:
-        from wconv_deploy.golden import load_inputs_json
-        from wconv_deploy.validate import open_artifact
-
-        spec = shapes.given() or open_artifact(artifact, names[0] if names else None).spec
-        if spec is None:
-            raise InputError(f"--load-inputs: {artifact} has no input spec to check them against; pass --input-shape")
-        extra = load_inputs_json(load_inputs, spec)
+    reference = choose_reference(artifact, other, twice=len(names) == 2 and other is None, source=source, golden=golden)
     report = validate_artifact(
         artifact,
         reference,
@@ -599,7 +590,7 @@ def validate_cmd(
         reference_runtime=names[1] if len(names) == 2 else None,
         spec=shapes.given(),
         inputs=checks.inputs,
-        extra_cases=extra,
+        polygraphy_inputs=load_inputs,
         atol=checks.atol,
         rtol=checks.rtol,
         error_stat=stats.stat,
@@ -617,32 +608,6 @@ def validate_cmd(
             save_outputs_json([(report.runtime, report.outputs)], names_out, save_outputs)
     report.raise_for_failure()
     emit(report)
-
-
-def _validation_reference(
-    artifact: Path, other: Path | None, twice: bool, source: ModelSource | None, golden: Path | None
-) -> Any:
-    """What ``validate`` compares ARTIFACT with (see its help, in that order)."""
-    from wconv_deploy.golden import golden_path, read_golden
-
-    if other is not None:
-        return other
-    if twice:
-        return artifact
-    if source is not None:
-        return source.load()
-    if golden is not None:
-        return read_golden(golden)
-    if golden_path(artifact).exists():
-        return read_golden(golden_path(artifact), within=artifact.parent)
-    if artifact_kind(artifact) == "onnx":
-        from wconv_deploy.artifacts import OnnxInfo
-        from wconv_deploy.exporters.precision import reference_from_metadata
-
-        loaded = reference_from_metadata(OnnxInfo.read(artifact).model)
-        if loaded is not None:
-            return loaded
-    raise InputError(f"{artifact}: nothing to compare with: give --reference MODEL, --golden FILE, OTHER or two --runtime names")
 
 
 @cli.command(name="verify")

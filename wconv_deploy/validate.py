@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from wconv_deploy.golden import Golden
+    from wconv_deploy.options import ModelSource
 
 DEFAULT_ATOL, DEFAULT_RTOL = Precision.FP32.tolerance
 
@@ -463,7 +464,7 @@ def validate_artifact(
     reference_runtime: str | None = None,
     spec: InputSpec | None = None,
     inputs: str | os.PathLike[str] | None = None,
-    extra_cases: Sequence[tuple[str, dict[str, np.ndarray]]] = (),
+    polygraphy_inputs: str | os.PathLike[str] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     error_stat: str = "elemwise",
@@ -476,7 +477,9 @@ def validate_artifact(
     ``reference``: an ``nn.Module`` or LoadedModel
     (fp32 PyTorch), a :class:`~wconv_deploy.golden.Golden` (its inputs and outputs; ``inputs`` and
     random ones are not added), or the path of another artifact (run on ``reference_runtime``,
-    default by its kind). Tolerances default to the looser precision of the two runtimes.
+    default by its kind). Tolerances default to the looser precision of the two runtimes. The
+    cases: seeded random inputs (``random``), ``inputs`` (.npz or images) and
+    ``polygraphy_inputs`` (a ``polygraphy run --save-inputs`` file).
 
     ``spec`` defaults to the artifact's own (the export's metadata, an engine's manifest). Returns
     the report; ``report.raise_for_failure()`` turns a failure into a MismatchError.
@@ -516,7 +519,10 @@ def validate_artifact(
     cases = random_inputs(spec, seed) if random else []
     if inputs is not None:
         cases += load_inputs(inputs, spec)
-    cases += list(extra_cases)
+    if polygraphy_inputs is not None:
+        from wconv_deploy.golden import load_inputs_json
+
+        cases += load_inputs_json(polygraphy_inputs, spec)
     if not cases:
         raise InputError("nothing to validate on: give --inputs or allow random inputs")
     crit = Criterion.for_precision(precision, atol, rtol, error_stat, error_quantile)
@@ -546,3 +552,37 @@ def validate(
     return validate_artifact(
         onnx_path, reference, runtime="ort-cpu", spec=spec, inputs=inputs, atol=atol, rtol=rtol, seed=seed, random=random
     )
+
+
+def choose_reference(
+    artifact: Path,
+    other: Path | None = None,
+    *,
+    twice: bool = False,
+    source: ModelSource | None = None,
+    golden: Path | None = None,
+) -> Any:
+    """What ``validate`` compares ``artifact`` with, first found: ``other`` (an artifact), the
+    artifact itself on a second runtime (``twice``), the PyTorch model of ``source``, the
+    ``golden`` file, the golden file beside the artifact, the zoo model its metadata names."""
+    from wconv_deploy.golden import golden_path, read_golden
+    from wconv_deploy.options import artifact_kind
+
+    if other is not None:
+        return other
+    if twice:
+        return artifact
+    if source is not None:
+        return source.load()
+    if golden is not None:
+        return read_golden(golden)
+    if golden_path(artifact).exists():
+        return read_golden(golden_path(artifact), within=artifact.parent)
+    if artifact_kind(artifact) == "onnx":
+        from wconv_deploy.artifacts import OnnxInfo
+        from wconv_deploy.exporters.precision import reference_from_metadata
+
+        loaded = reference_from_metadata(OnnxInfo.read(artifact).model)
+        if loaded is not None:
+            return loaded
+    raise InputError(f"{artifact}: nothing to compare with: give --reference MODEL, --golden FILE, OTHER or two --runtime names")
