@@ -325,7 +325,9 @@ def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> Cases:
     if not path.exists():
         raise InputError(f"--inputs: {path} does not exist")
     if path.is_dir():
-        return _image_inputs(path, spec)
+        from wconv_deploy.preprocess import image_inputs  # the current --channels/--mean/--std/--resize/...
+
+        return image_inputs(path, spec)
     if path.suffix.lower() == ".json":
         from wconv_deploy.golden import load_inputs_json
 
@@ -345,12 +347,6 @@ def load_inputs(source: str | os.PathLike[str], spec: InputSpec) -> Cases:
     for _, case in cases:
         spec.check_arrays(case)
     return cases
-
-
-def _image_inputs(folder: Path, spec: InputSpec) -> Cases:
-    from wconv_deploy.preprocess import image_inputs  # the current --channels/--mean/--std/--resize/...
-
-    return image_inputs(folder, spec)
 
 
 def random_inputs(spec: InputSpec, seed: int = 0) -> Cases:
