@@ -16,6 +16,7 @@ from wconv_deploy.loading import load_model
 from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import TOLERANCES, Precision
 from wconv_deploy.reports import Status
+from wconv_deploy.runtimes.torch import TorchReference
 from wconv_deploy.spec import InputSpec
 
 SPEC = InputSpec.parse("input:1x1x32x32", "batch=1:4")
@@ -74,12 +75,12 @@ def test_cli_deploy(tmp_path: Path) -> None:
 
 def test_row_check_runs_on_the_rows_runtime_and_can_fail(dncnn_onnx: Path, tmp_path: Path) -> None:
     spec = InputSpec.parse("input:1x1x32x32", "batch=1:4")
-    same = _RowCheck(load_model(DNCNN), spec, None, None)
+    same = _RowCheck(TorchReference.of(load_model(DNCNN), spec.names), spec, None, None)
     assert _check_on(same, "openvino", Precision.FP32, onnx_path=dncnn_onnx).status == Status.OK
     changed = load_model(DNCNN)
     with torch.no_grad():
         next(changed.model.parameters()).mul_(1.5)  # the artifact no longer computes this model
-    other = _RowCheck(changed, spec, None, None)
+    other = _RowCheck(TorchReference.of(changed, spec.names), spec, None, None)
     failed = _check_on(other, "openvino", Precision.FP32, onnx_path=dncnn_onnx)
     assert failed.status == Status.FAILED and failed.text.startswith("FAILED (max rel")
     garbage = tmp_path / "garbage.onnx"

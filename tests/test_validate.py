@@ -1,4 +1,4 @@
-"""validate: compare() metrics and verdicts, the report, and loading user and random inputs."""
+"""validate: compare() metrics and verdicts, the report, loading user and random inputs, the fp32 reference."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
+from torch import nn
 
+from tests.contract import DNCNN
 from wconv_deploy.errors import InputError, MismatchError
+from wconv_deploy.loading import load_model
 from wconv_deploy.precision import Precision
 from wconv_deploy.reports import dumps
+from wconv_deploy.runtimes.torch import TorchReference
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import CaseResult, OutputMetrics, ValidationReport, compare, load_inputs, random_inputs
 
@@ -611,3 +616,24 @@ def test_validate_fails_naming_the_output_and_refuses_bad_options(dncnn_onnx: Pa
     assert_one_line_error(invoke("validate", dncnn_onnx, "--check-error-stat", "p99"), 2)
     assert_one_line_error(invoke("validate", dncnn_onnx, "--runtime", "nope"), 2, "unknown runtime")
 
+
+def test_torch_reference_runs_the_model_once_per_distinct_input_and_hands_out_copies() -> None:
+    """Export, convert, deploy and the search check against one fp32 run per input: validation,
+    the task metric and the golden file ask the same reference for the same arrays."""
+    calls = []
+    model = nn.Conv2d(1, 2, 3)
+    model.register_forward_hook(lambda *_: calls.append(1))
+    loaded = load_model(DNCNN)
+    assert TorchReference.of(loaded, ["input"]).label == "PyTorch (zoo:dncnn?depth=3&width=8)"
+    ref = TorchReference.of(model, ["input"])
+    assert TorchReference.of(ref, ["input"]) is ref and ref.label == "PyTorch"
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8)).astype(np.float32)
+    first = ref.run({"input": x})
+    first[0][:] = 0  # a caller writing to its answer changes nobody else's
+    again = ref.run({"input": x.copy()})  # equal content, another array: remembered
+    assert len(calls) == 1 and np.abs(again[0]).max() > 0
+    with torch.no_grad():
+        np.testing.assert_array_equal(again[0], nn.functional.conv2d(torch.from_numpy(x), model.weight, model.bias).numpy())
+    ref.run({"input": x + 1})  # other content: run
+    ref.run({"input": x[..., :6]})  # other shape: run
+    assert len(calls) == 3

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from wconv_deploy.exporters.precision import TaskReference
     from wconv_deploy.loading import LoadedModel
     from wconv_deploy.runtimes.base import Runtime
+    from wconv_deploy.runtimes.torch import TorchReference
 
 Progress = Callable[[str], None]
 #: What deploy makes (fp32 is always exported).
@@ -151,6 +152,7 @@ def deploy(
     from wconv_deploy.exporters.onnx import export_onnx
     from wconv_deploy.exporters.precision import TaskReference, photo_comparison
     from wconv_deploy.fileio import write_text_atomic
+    from wconv_deploy.runtimes.torch import TorchReference  # noqa: F811 - at run time too
 
     say = progress or (lambda _msg: None)
     wanted = [Precision.parse(p, allowed=DEPLOY_PRECISIONS) for p in precisions]
@@ -167,8 +169,9 @@ def deploy(
 
         say("step 1: export to ONNX and validate against PyTorch")
         fp32 = folder / f"{stem}.onnx"
-        exported = export_onnx(loaded, fp32, spec, progress=say)
-        task = TaskReference.of(loaded, spec)  # fp32 PyTorch on the task's inputs, once for every row
+        reference = TorchReference.of(loaded, spec.names)  # fp32 PyTorch runs once per input for every step and row
+        exported = export_onnx(loaded, fp32, spec, reference=reference, progress=say)
+        task = TaskReference.of(reference, spec)
         onnx_files: dict[Precision, tuple[Path, Verdict]] = {
             Precision.FP32: (fp32, _verdict(exported.validation, task.measure(fp32)))
         }
@@ -176,7 +179,7 @@ def deploy(
         for precision in (p for p in wanted if p != Precision.FP32):
             say(f"step 2: convert to {precision}")
             variant = folder / f"{stem}.{precision}.onnx"
-            converted = _convert(fp32, variant, precision, loaded, calibration, calibration_options, budget, report, say)
+            converted = _convert(fp32, variant, precision, reference, calibration, calibration_options, budget, report, say)
             onnx_files.update(converted)
 
         picture = photo_comparison([(p.value, path) for p, (path, _) in onnx_files.items()], task, folder / "compare.png")
@@ -186,7 +189,7 @@ def deploy(
         engines = _build_engines(onnx_files, folder, stem, wanted, report, say)
 
         say("step 4: validate and time every artifact on every runtime")
-        check = _RowCheck(loaded, spec, Path(calibration) if calibration is not None else None, budget, task)
+        check = _RowCheck(reference, spec, Path(calibration) if calibration is not None else None, budget, task)
         report.rows = _bench(loaded.model, spec, onnx_files, engines, bench_duration_s, check, report, say)
 
         if package:
@@ -224,7 +227,7 @@ def _convert(
     fp32: Path,
     out: Path,
     precision: Precision,
-    loaded: Any,
+    reference: TorchReference,
     calibration: Any,
     calibration_options: CalibrationOptions | None,
     budget: TaskBudget | None,
@@ -237,7 +240,7 @@ def _convert(
 
     try:
         converted = convert_onnx(
-            fp32, out, precision, reference=loaded, calibration=calibration, calibration_options=calibration_options,
+            fp32, out, precision, reference=reference, calibration=calibration, calibration_options=calibration_options,
             budget=budget, progress=say,
         )  # fmt: skip
     except WconvError as e:  # a mismatch, or a graph the converter cannot handle: this row only
@@ -254,7 +257,7 @@ class _RowCheck:
     """Validates one artifact on one runtime against fp32 PyTorch, as convert does in ONNX
     Runtime: the same inputs, the precision's tolerances, the task metric against the budget."""
 
-    loaded: Any
+    reference: TorchReference
     spec: InputSpec
     calibration: Path | None
     budget: TaskBudget | None
@@ -266,8 +269,8 @@ class _RowCheck:
         from wconv_deploy.validate import validate_artifact
 
         inputs, random = validation_inputs(precision, self.calibration, None)
-        result = validate_artifact(runtime, self.loaded, spec=self.spec, inputs=inputs, random=random, seed=self.seed)
-        task = self.task or TaskReference.of(self.loaded, self.spec, self.seed)
+        result = validate_artifact(runtime, self.reference, spec=self.spec, inputs=inputs, random=random, seed=self.seed)
+        task = self.task or TaskReference.of(self.reference, self.spec, self.seed)
         return _verdict(result, task.measure(runtime), self.budget)
 
 

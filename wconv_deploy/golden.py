@@ -182,15 +182,14 @@ def write_golden(
     output_names: Sequence[str] | None = None,
 ) -> Path:
     """Write the golden evidence of ``artifact`` beside it and return its path: ``reference``
-    (an ``nn.Module`` or LoadedModel, run in fp32 PyTorch) on the validation inputs, and the
-    photograph for single-channel image models."""
+    (an ``nn.Module``, LoadedModel or TorchReference: fp32 PyTorch) on the validation inputs, and
+    the photograph for single-channel image models."""
     from wconv_deploy._version import __version__
     from wconv_deploy.exporters.precision import photo_feeds
-    from wconv_deploy.runtimes.torch import TorchRuntime
+    from wconv_deploy.runtimes.torch import TorchReference
     from wconv_deploy.validate import load_inputs, random_inputs
 
-    source = str(getattr(reference, "path", type(reference).__name__))
-    module = getattr(reference, "model", reference)
+    rt = TorchReference.of(reference, spec.names)
     cases: Cases = random_inputs(spec, seed) if random else []
     if inputs is not None:
         cases += load_inputs(inputs, spec)
@@ -201,7 +200,6 @@ def write_golden(
 
         cases.append((f"photo (sigma {DENOISER_SIGMA:g})", photo))
         clean = demo_image().numpy()
-    rt = TorchRuntime(module, spec.names)
     golden_cases = [GoldenCase(label, feeds, rt.run(feeds)) for label, feeds in cases]
     n_outputs = max((len(c.outputs) for c in golden_cases), default=0)
     names = list(output_names) if output_names else [f"output_{i}" for i in range(n_outputs)]
@@ -221,7 +219,7 @@ def write_golden(
         rtol=rtol,
         input_names=spec.names,
         output_names=names,
-        source=source,
+        source=rt.source or type(rt.model).__name__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         wconv_deploy_version=__version__,
         task=task,

@@ -470,7 +470,7 @@ def validate_artifact(
     trust_code: bool = False,
 ) -> ValidationReport:
     """Validate ``artifact`` (a file, or a runtime already open on one) on ``runtime`` against
-    ``reference``: an ``nn.Module`` or LoadedModel
+    ``reference``: an ``nn.Module``, LoadedModel or TorchReference
     (fp32 PyTorch), a :class:`~wconv_deploy.golden.Golden` (its inputs and outputs; ``inputs`` and
     random ones are not added), or the path of another artifact (run on ``reference_runtime``,
     default by its kind). Tolerances default to the looser precision of the two runtimes. The
@@ -503,14 +503,10 @@ def validate_artifact(
         ref_label = f"{ref_rt.name} ({Path(reference).name})"
         precision = max((runtime_precision(rt), runtime_precision(ref_rt)), key=lambda p: p.tolerance)
     else:
-        from wconv_deploy.loading import LoadedModel
-        from wconv_deploy.runtimes.torch import TorchRuntime
+        from wconv_deploy.runtimes.torch import TorchReference
 
-        ref_label = "PyTorch"
-        if isinstance(reference, LoadedModel):
-            ref_label = f"PyTorch ({reference.path.name})"
-            reference = reference.model
-        ref_rt = TorchRuntime(reference, spec.names)
+        ref_rt = TorchReference.of(reference, spec.names)
+        ref_label = ref_rt.label
         precision = runtime_precision(rt)
     cases = random_inputs(spec, seed) if random else []
     if inputs is not None:

@@ -50,6 +50,7 @@ from wconv_deploy.loading import LoadedModel
 from wconv_deploy.options import CheckOptions
 from wconv_deploy.preprocess import expected_by
 from wconv_deploy.reports import Report, dumps
+from wconv_deploy.runtimes.torch import TorchReference
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import ValidationReport, validate
 
@@ -423,11 +424,13 @@ def export_onnx(
     fold_bn: bool = False,
     validate_output: bool = True,
     checks: CheckOptions | None = None,
+    reference: TorchReference | None = None,
     progress: Progress | None = None,
 ) -> ExportReport:
     """Fold ``model`` (a module, or a LoadedModel from :func:`load_model`), export it to
     ``output`` as ONNX, check the graph and validate it against the original in ONNX Runtime
-    with ``checks`` (fp32 tolerances unless it sets them).
+    with ``checks`` (fp32 tolerances unless it sets them). ``reference``: the unfolded model's
+    fp32 answers when the caller checks more artifacts against them (deploy); default: a new one.
 
     Raises :class:`InputError` for bad input or a failed export, :class:`MismatchError` when a
     structural check or the validation fails. In both cases nothing is written at ``output``;
@@ -437,6 +440,7 @@ def export_onnx(
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.model if loaded is not None else model
     assert isinstance(module, nn.Module)
+    reference = reference or TorchReference.of(model, spec.names)  # validation and the golden file share its runs
     checks = checks or CheckOptions()
     seed = checks.seed
     out = Path(output) if output is not None else default_output(loaded.path if loaded else "model")
@@ -491,7 +495,6 @@ def export_onnx(
             staged.write_bytes(data)
         if validate_output:
             say(f"validating in onnxruntime against PyTorch ({len(spec.validation_shapes())} input shape(s))")
-            reference = loaded if loaded is not None else module
             atol, rtol = checks.tolerance()
             report.validation = validate(staged, reference, spec, inputs=checks.inputs, atol=atol, rtol=rtol, seed=seed)
             report.validation.artifact = out.name
@@ -508,7 +511,7 @@ def export_onnx(
     atol, rtol = checks.tolerance()
     outputs = [o.name for o in onnx_model.graph.output]
     write_golden(
-        out, loaded or module, spec, precision=Precision.FP32, atol=atol, rtol=rtol, seed=seed, inputs=checks.inputs,
+        out, reference, spec, precision=Precision.FP32, atol=atol, rtol=rtol, seed=seed, inputs=checks.inputs,
         output_names=outputs,
     )  # fmt: skip
     write_text_atomic(_report_path(out), dumps(report))

@@ -49,6 +49,7 @@ from wconv_deploy.precision import Precision
 from wconv_deploy.preprocess import ImagePreprocess, applies_preprocess, expected_by
 from wconv_deploy.reports import Report, dumps
 from wconv_deploy.runtimes.base import Runtime
+from wconv_deploy.runtimes.torch import TorchReference
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import ValidationReport, load_inputs, random_inputs, validate
 
@@ -163,6 +164,8 @@ def convert_onnx(
     model = read_onnx(src, load_external_data=True)
     spec = OnnxInfo.of(model, src).spec
     reference = reference if reference is not None else reference_from_metadata(model)
+    if reference is not None:  # fp32 PyTorch runs once per input for validation, task and golden file
+        reference = TorchReference.of(reference, spec.names)
     keep = _node_names(model, keep_fp32, reference)
     out = Path(output)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
@@ -361,27 +364,20 @@ class TaskReference:
 
     @classmethod
     def of(cls, reference: Any, spec: InputSpec, seed: int = 0, inputs: str | os.PathLike[str] | None = None) -> TaskReference:
-        """Run ``reference`` (an nn.Module or LoadedModel) on the task's inputs for ``spec``."""
-        import torch
-
-        module = getattr(reference, "model", reference)
-
-        def fp32(feeds: dict[str, np.ndarray]) -> Any:
-            with torch.no_grad():
-                return module(*[torch.from_numpy(feeds[n]) for n in spec.names])
-
+        """Run ``reference`` (an nn.Module, LoadedModel or TorchReference) on the task's inputs for ``spec``."""
+        fp32 = TorchReference.of(reference, spec.names)
         photo = photo_feeds(spec)
         if photo is not None:
             from wconv_deploy.zoo.denoisers import demo_image
 
-            return cls("psnr", [photo], [fp32(photo).numpy()], demo_image().numpy())
+            return cls("psnr", [photo], [fp32.run(photo)[0]], demo_image().numpy())
         feeds_list = [feeds for _, feeds in random_inputs(spec, seed) + (load_inputs(inputs, spec) if inputs else [])]
         expected = []
         for feeds in feeds_list:
-            out = fp32(feeds)
-            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            out = fp32.run(feeds)
+            if len(out) != 1 or out[0].ndim != 2:
                 return cls(None)
-            expected.append(out.numpy())
+            expected.append(out[0])
         return cls("top1", feeds_list, expected) if expected else cls(None)
 
     def psnr_db(self, image: np.ndarray) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +105,43 @@ class TorchRuntime(Runtime):
         return RuntimeInfo(self.name, device, self.precision, mode, {"torch": torch.__version__})
 
 
+class TorchReference(TorchRuntime):
+    """fp32 PyTorch on the CPU as the reference artifacts are checked against, remembering each
+    answer by its inputs' content: export, convert, deploy and the precision search check against
+    the same inputs several times (validation, the task metric, the golden file, every deploy row,
+    every search try), and the model then runs once per distinct input. ``source``: the model's
+    file, for reports. The model must not change while the reference is in use."""
+
+    def __init__(self, model: nn.Module, input_names: Sequence[str], *, source: str | None = None) -> None:
+        super().__init__(model, input_names)
+        self.source = source
+        self._answers: dict[bytes, list[np.ndarray]] = {}
+
+    @classmethod
+    def of(cls, reference: Any, input_names: Sequence[str]) -> TorchReference:
+        """``reference`` (an nn.Module, a LoadedModel or a TorchReference, returned as it is)."""
+        if isinstance(reference, TorchReference):
+            return reference
+        path = getattr(reference, "path", None)  # a LoadedModel
+        return cls(getattr(reference, "model", reference), input_names, source=os.fspath(path) if path else None)
+
+    @property
+    def label(self) -> str:
+        """``PyTorch (model.pt)``: what reports call this reference."""
+        return f"PyTorch ({os.path.basename(self.source)})" if self.source else "PyTorch"
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        key = hashlib.blake2b(digest_size=16)
+        for name in self._inputs:
+            a = np.ascontiguousarray(feeds[name])
+            key.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            key.update(a.data)
+        digest = key.digest()
+        if digest not in self._answers:
+            self._answers[digest] = super()._run(feeds)
+        return [a.copy() for a in self._answers[digest]]  # a caller may write to what it gets
+
+
 def _cuda_missing() -> str | None:
     import torch
 
@@ -152,4 +191,4 @@ for _name, _device, _precision in (
         )
     )
 
-__all__ = ["TorchRuntime", "outputs_of"]
+__all__ = ["TorchReference", "TorchRuntime", "outputs_of"]
