@@ -217,7 +217,8 @@ class CalibrationRun(Report):
     def render(self) -> str:
         lines = [f"calibrated on: {self.data}" + (f", {self.batches} calibration batch(es) run" if self.batches else "")]
         if self.cache is not None:
-            lines.append(f"calibration cache {self.cache_file}: {self.cache}")
+            where = f"calibration cache {self.cache_file}" if self.cache_file else "activation ranges"
+            lines.append(f"{where}: {self.cache}")
         return "\n".join(lines)
 
 

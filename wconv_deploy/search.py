@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +44,7 @@ from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import Precision
 from wconv_deploy.preprocess import ImagePreprocess, applies_preprocess
 from wconv_deploy.reports import Report
+from wconv_deploy.runtimes.torch import TorchReference
 
 Progress = Callable[[str], None]
 
@@ -176,6 +177,7 @@ def search_precision(
     reference = reference if reference is not None else reference_from_metadata(model)
     if reference is None:
         raise InputError("pass --reference MODEL: the fp32 PyTorch model the variant must match")
+    reference = TorchReference.of(reference, spec.names)  # fp32 PyTorch runs once per input, for every try
     names = conv_layer_names(model, reference)
     out = Path(output)
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
@@ -183,7 +185,7 @@ def search_precision(
     options = calibration_options or CalibrationOptions()
     feeds = random_inputs(spec, seed)[0][1]  # the optimum shape: what latency is measured at
 
-    task = TaskReference.of(reference, spec, seed, inputs)  # fp32 PyTorch runs once for every try
+    task = TaskReference.of(reference, spec, seed, inputs)
 
     def measure(path: Path) -> tuple[dict[str, float], float]:
         rt = open_artifact(path, runtime, spec=spec)
@@ -218,21 +220,25 @@ def search_precision(
             staged = Path(tmp) / "try0.onnx"
             report.ranking = ranking(layer_errors(src, staged, reference, photo_feeds(spec) or feeds, RANKED_OPS))
             _search(report.ranking, attempt, lambda: len(report.tries) < max_tries)
-    if report.chosen is None:
-        raise MismatchError(
-            f"no int8 variant within {len(report.tries)} tries meets {_describe(budget)}; {out} not written", report
-        )
-    best = report.tries[report.chosen]
-    say(f"writing the int8 variant keeping {len(best.keep_fp32)} layer(s) in fp32")
-    try:
-        report.convert = convert_onnx(
-            src, out, Precision.INT8, reference=reference, calibration=calibration, inputs=inputs,
-            calibration_method=calibration_method, keep_fp32=best.keep_fp32, atol=atol, rtol=rtol, seed=seed,
-            per_layer=per_layer, budget=budget, calibration_options=options, progress=say,
-        )  # fmt: skip
-    except MismatchError as e:
-        report.convert = e.report if isinstance(e.report, ConvertReport) else None
-        raise MismatchError(str(e), report) from None
+        if report.chosen is None:
+            raise MismatchError(
+                f"no int8 variant within {len(report.tries)} tries meets {_describe(budget)}; {out} not written", report
+            )
+        best = report.tries[report.chosen]
+        say(f"writing the int8 variant keeping {len(best.keep_fp32)} layer(s) in fp32")
+        ranges = replace(options, cache=cache_file)  # the variant is quantised from the ranges every try used
+        try:
+            report.convert = convert_onnx(
+                src, out, Precision.INT8, reference=reference, calibration=calibration, inputs=inputs,
+                calibration_method=calibration_method, keep_fp32=best.keep_fp32, atol=atol, rtol=rtol, seed=seed,
+                per_layer=per_layer, budget=budget, calibration_options=ranges, progress=say,
+            )  # fmt: skip
+        except MismatchError as e:
+            report.convert = e.report if isinstance(e.report, ConvertReport) else None
+            raise MismatchError(str(e), report) from None
+        run = report.convert.calibration_run
+        if options.cache is None and run is not None and run.cache is not None:  # the search's own, now deleted
+            run.cache, run.cache_file = "measured once, by the search's first try", None
     return report
 
 
