@@ -82,6 +82,10 @@ HOST = "127.0.0.1"
 SHM = "/dev/shm"
 #: Below this much free space in /dev/shm, larger requests may fail: warn.
 SHM_WARN_BYTES = 256 << 20
+#: Seconds Triton gives requests in flight to finish when it stops (its exit timeout). Every stop
+#: takes at least this long: PyTriton unloads the model only after Triton has exited, so Triton
+#: always waits the whole timeout. A request to a model served here takes far less.
+DRAIN_S = 1
 #: The runtime each artifact kind is served with unless one is named.
 DEFAULT_RUNTIME = {"onnx": "ort-cpu", "engine": "trt"}
 
@@ -395,7 +399,7 @@ def start_server(
         grpc_port=grpc_port,
         allow_metrics=False,
         log_file=workdir / "tritonserver.log",
-        exit_timeout_secs=5,
+        exit_timeout_secs=DRAIN_S,
         strict_readiness=True,
     )
     # The model goes into PyTriton's model store before Triton starts, and Triton loads it while
