@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.contract import assert_ok, assert_one_line_error, invoke
+from tests.contract import DENOISER_SPEC, assert_ok, assert_one_line_error, invoke
 from wconv_deploy.errors import InputError, MismatchError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.precision import (
@@ -29,7 +29,6 @@ from wconv_deploy.runtimes.onnxruntime import OnnxRuntime
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.validate import load_inputs
 from wconv_deploy.zoo.denoisers import DENOISER_SIGMA, add_gaussian_noise, demo_image
-from wconv_deploy.zoo.registry import get_entry
 
 
 def _classifier() -> nn.Module:
@@ -48,8 +47,7 @@ def _classifier() -> nn.Module:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("precision")
-    entry = get_entry("denoiser")
-    export_onnx(load_model("zoo:denoiser"), d / "den.onnx", InputSpec.parse(entry.input_shape, entry.dynamic))
+    export_onnx(load_model("zoo:denoiser"), d / "den.onnx", InputSpec.parse(*DENOISER_SPEC))
     torch.save(_classifier(), d / "cls.pt")
     export_onnx(load_model(d / "cls.pt", trust_pickle=True), d / "cls.onnx", InputSpec.parse("input:1x3x16x16", "batch=1:4"))
     # calibration: the demo photo under four other noise draws than the one PSNR is measured on
@@ -93,7 +91,7 @@ def test_int8_calibrated_on_photos_is_qdq_per_channel_within_a_tenth_of_a_db(wor
         assert dq.op_type == "DequantizeLinear"
         assert inits[dq.input[0]].dtype == np.int8 and inits[dq.input[1]].shape == (inits[dq.input[0]].shape[0],)
     assert report.validation is not None and report.validation.passed
-    assert [c.label for c in report.validation.cases] == ["calib.npz"]  # real data, not seeded normals
+    assert [c.label for c in report.validation.cases] == [f"calib.npz[{i}]" for i in range(4)]  # real data, not seeded normals
     loss = report.task["psnr_fp32_torch_db"] - report.task["psnr_variant_db"]
     assert -0.05 < loss < 0.1, report.task
     assert len(report.layers) == 8 and all(ly.module.startswith("body.") for ly in report.layers)

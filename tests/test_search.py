@@ -15,7 +15,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.contract import assert_one_line_error, invoke
+from tests.contract import DENOISER_SPEC, assert_one_line_error, invoke
 from wconv_deploy.errors import MismatchError
 from wconv_deploy.exporters.onnx import export_onnx
 from wconv_deploy.exporters.precision import LayerError
@@ -25,14 +25,12 @@ from wconv_deploy.reports import dumps
 from wconv_deploy.search import SearchTry, _search, ranking, search_precision
 from wconv_deploy.spec import InputSpec
 from wconv_deploy.zoo.denoisers import DENOISER_SIGMA, NOISE_SEED, add_gaussian_noise, demo_image
-from wconv_deploy.zoo.registry import get_entry
 
 
 @pytest.fixture(scope="module")
 def denoiser_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    entry = get_entry("denoiser")
     path = tmp_path_factory.mktemp("search") / "den.onnx"
-    spec = InputSpec.parse(entry.input_shape, entry.dynamic)
+    spec = InputSpec.parse(*DENOISER_SPEC)
     export_onnx(load_model("zoo:denoiser"), path, spec, exporter="torchscript", validate_output=False)
     return path
 
