@@ -178,3 +178,21 @@ def test_help_hides_old_spellings_but_keeps_the_current_ones() -> None:
         assert "-oput" not in text and "--inpu-" not in text, name
         if "--output" in text:
             assert "-o, --output" in text, name
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), [(("zoo", "list", "--json"), 0), (("export", "missing.pt", "--input-shape", "1x1x8x8"), 2)]
+)
+def test_the_entry_point_skips_only_the_teardown(tmp_path: Path, args: tuple[str, ...], code: int) -> None:
+    """main() ends the process with os._exit: the exit code, every byte of output and the exit
+    handlers (temporary folders' finalizers are some) must survive that."""
+    marker = tmp_path / "handler-ran"
+    script = "import atexit, sys\nmarker = sys.argv.pop()\natexit.register(lambda: open(marker, 'w').write('ran'))\n"
+    script += "from wconv_deploy.cli import main\nsys.argv[0] = 'wconv-deploy'\nmain()\n"
+    r = subprocess.run([sys.executable, "-c", script, *args, str(marker)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert marker.read_text() == "ran"
+    if code == 0:
+        assert {m["name"] for m in json.loads(r.stdout)["models"]} >= {"denoiser", "dncnn"}  # the whole JSON, flushed
+    else:
+        assert_one_line_error(r, 2, "missing.pt")

@@ -1121,5 +1121,27 @@ def zoo_list(emit: _Emit) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli.main(args=sys.argv[1:], prog_name="wconv-deploy")
+    """Console-script entry point. A finished command ends the process without Python's
+    interpreter teardown: with torch, onnx and onnxruntime loaded, freeing every module and
+    running the libraries' static destructors takes 0.85 s here (measured after ``export``) and
+    does nothing for a command that is done. Exit handlers still run and output is flushed first;
+    while another non-daemon thread is alive, Python exits as usual (it would join that thread)."""
+    try:
+        cli.main(args=sys.argv[1:], prog_name="wconv-deploy")
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    import atexit
+    import os
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    if not isinstance(code, int):  # None: success; text: say it, as SystemExit does
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
