@@ -13,10 +13,13 @@ interrupted. Errors are one line on stderr; ``--debug`` shows the traceback inst
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -1128,13 +1131,9 @@ def main() -> None:
     while another non-daemon thread is alive, Python exits as usual (it would join that thread)."""
     try:
         cli.main(args=sys.argv[1:], prog_name="wconv-deploy")
-        code: Any = 0
+        code: int | str | None = 0
     except SystemExit as e:
         code = e.code
-    import atexit
-    import os
-    import threading
-
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         sys.exit(code)
     if not isinstance(code, int):  # None: success; text: say it, as SystemExit does

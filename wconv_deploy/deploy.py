@@ -23,6 +23,7 @@ from wconv_deploy.errors import InputError, MismatchError, WconvError, first_lin
 from wconv_deploy.options import TaskBudget
 from wconv_deploy.precision import Precision
 from wconv_deploy.reports import Report, Status, dumps
+from wconv_deploy.runtimes.torch import TorchReference
 from wconv_deploy.spec import InputSpec
 
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from wconv_deploy.exporters.precision import TaskReference
     from wconv_deploy.loading import LoadedModel
     from wconv_deploy.runtimes.base import Runtime
-    from wconv_deploy.runtimes.torch import TorchReference
 
 Progress = Callable[[str], None]
 #: What deploy makes (fp32 is always exported).
@@ -152,7 +152,6 @@ def deploy(
     from wconv_deploy.exporters.onnx import export_onnx
     from wconv_deploy.exporters.precision import TaskReference, photo_comparison
     from wconv_deploy.fileio import write_text_atomic
-    from wconv_deploy.runtimes.torch import TorchReference  # noqa: F811 - at run time too
 
     say = progress or (lambda _msg: None)
     wanted = [Precision.parse(p, allowed=DEPLOY_PRECISIONS) for p in precisions]

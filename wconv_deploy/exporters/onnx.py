@@ -440,7 +440,8 @@ def export_onnx(
     loaded = model if isinstance(model, LoadedModel) else None
     module = loaded.model if loaded is not None else model
     assert isinstance(module, nn.Module)
-    reference = reference or TorchReference.of(model, spec.names)  # validation and the golden file share its runs
+    if reference is None:  # validation and the golden file share its runs
+        reference = TorchReference.of(model, spec.names)
     checks = checks or CheckOptions()
     seed = checks.seed
     out = Path(output) if output is not None else default_output(loaded.path if loaded else "model")
